@@ -1,0 +1,3 @@
+-- name: OpenClaimForKey :one
+SELECT id, claim_type, status FROM claims
+WHERE key = $1 AND status IN ('OPEN', 'WAITING_RESOLUTION', 'CONFIRMED');
