@@ -143,8 +143,15 @@ func (v *violations) add(field, format string, args ...any) {
 }
 
 func (v *violations) addError(err error) {
+	if err == nil {
+		return
+	}
 	var e *Error
 	if errors.As(err, &e) {
+		if len(e.Violations) > 0 {
+			*v = append(*v, e.Violations...)
+			return
+		}
 		*v = append(*v, FieldViolation{Field: e.Field, Rule: e.Msg})
 		return
 	}

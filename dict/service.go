@@ -1,0 +1,809 @@
+package dict
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/lbpay-lab/core-dict/sqlc"
+)
+
+// Caller is who asks: the participant a request acts for (from the token's
+// ispb claim) and the user or service behind it (its sub claim). Every use
+// case is scoped to Caller.Participant.
+type Caller struct {
+	Participant string
+	Subject     string
+}
+
+// ServiceConfig configures a [Service].
+type ServiceConfig struct {
+	// Pool is the PostgreSQL pool; required.
+	Pool *pgxpool.Pool
+	// KeyEventsTopic is the topic key events are written for in the outbox.
+	KeyEventsTopic string
+	// ParticipantNames maps an ISPB to the name shown to payers.
+	ParticipantNames map[string]string
+	// Now is the clock; time.Now when nil.
+	Now func() time.Time
+	// Logger receives use-case logs; slog.Default when nil.
+	Logger *slog.Logger
+}
+
+// Service holds the use cases of core-dict. Each use case that changes state
+// is one PostgreSQL transaction holding the change, its audit row and its
+// outbox event.
+type Service struct {
+	pool   *pgxpool.Pool
+	q      *sqlc.Queries
+	topic  string
+	names  map[string]string
+	now    func() time.Time
+	logger *slog.Logger
+}
+
+// NewService returns a [Service] over cfg.Pool.
+func NewService(cfg ServiceConfig) *Service {
+	s := &Service{
+		pool:   cfg.Pool,
+		q:      sqlc.New(cfg.Pool),
+		topic:  cfg.KeyEventsTopic,
+		names:  cfg.ParticipantNames,
+		now:    cfg.Now,
+		logger: cfg.Logger,
+	}
+	if s.topic == "" {
+		s.topic = "persistent://dict/events/key-events"
+	}
+	if s.now == nil {
+		s.now = time.Now
+	}
+	if s.logger == nil {
+		s.logger = slog.Default()
+	}
+	return s
+}
+
+// Size bounds of list requests.
+const (
+	DefaultPageSize = 50
+	MaxPageSize     = 500
+	MaxCheckKeys    = 200
+)
+
+// CreateKeyInput is a request to register a key.
+type CreateKeyInput struct {
+	RequestID string
+	KeyType   KeyType
+	Key       string // empty for EVP
+	Account   Account
+	Owner     Owner
+}
+
+// CreateKey registers a key for an account of the caller's participant.
+func (s *Service) CreateKey(ctx context.Context, c Caller, in CreateKeyInput) (Entry, error) {
+	reqID, err := parseRequestID(in.RequestID)
+	if err != nil {
+		return Entry{}, err
+	}
+	if in.Account.Participant == "" {
+		in.Account.Participant = c.Participant
+	}
+	e, err := validateCreate(in)
+	if err != nil {
+		return Entry{}, err
+	}
+	if e.Account.Participant != c.Participant {
+		return Entry{}, &Error{Kind: KindPermissionDenied, Reason: ReasonForbidden, Field: "account.participant",
+			Msg: "account.participant must be the participant the caller acts for"}
+	}
+	// The fingerprint is taken before an EVP is generated, so a retry of an
+	// EVP create (which carries no key) matches its first attempt.
+	fp := fingerprint("CreateKey", c.Participant, e)
+	if e.KeyType == KeyTypeEVP {
+		e.Key = NewEVP()
+	}
+	now := s.now().UTC().Truncate(time.Microsecond)
+	e.Status = EntryStatusActive
+	e.CreatedAt, e.KeyOwnedSince, e.UpdatedAt = now, now, now
+	e.RequestID = reqID
+	e.CID = CID(reqID, e)
+
+	var out Entry
+	err = s.inTx(ctx, "create key", func(q *sqlc.Queries) error {
+		if prior, done, err := s.claimRequest(ctx, q, reqID, c.Participant, "CreateKey", fp); err != nil || done {
+			out = prior
+			return err
+		}
+		if err := q.LockAccount(ctx, lockAccountParams(e.Account)); err != nil {
+			return err
+		}
+		if existing, err := q.GetEntry(ctx, e.Key); err == nil {
+			return conflictFor(entryFromRow(existing), c.Participant, e.Owner.TaxID)
+		} else if !errors.Is(err, pgx.ErrNoRows) {
+			return err
+		}
+		if err := lockedByClaim(ctx, q, e.Key); err != nil {
+			return err
+		}
+		n, err := q.CountAccountEntries(ctx, countAccountParams(e.Account))
+		if err != nil {
+			return err
+		}
+		if limit := MaxKeysPerAccount(e.Owner.Type); n >= int64(limit) {
+			return E(KindPrecondition, ReasonEntryLimitExceeded,
+				"the account already holds %d keys, the most a %s may have on one account", n, ownerWord(e.Owner.Type))
+		}
+		if err := q.InsertEntry(ctx, insertParams(e)); err != nil {
+			return err
+		}
+		if err := s.record(ctx, q, c, "CreateKey", e.Key, reqID, ReasonUnspecified, nil, &e); err != nil {
+			return err
+		}
+		if err := s.emit(ctx, q, c, "KeyCreated", e, map[string]any{"cid_events": []cidEvent{{"ADDED", e.CID}}}); err != nil {
+			return err
+		}
+		out = e
+		return s.answerRequest(ctx, q, reqID, e)
+	})
+	if isUniqueViolation(err, "entries_pkey") {
+		// A concurrent create on another account won the key between our
+		// check and insert; report it as the check would have.
+		if row, gerr := s.q.GetEntry(ctx, e.Key); gerr == nil {
+			return Entry{}, conflictFor(entryFromRow(row), c.Participant, e.Owner.TaxID)
+		}
+		return Entry{}, E(KindConflict, ReasonEntryAlreadyExists, "the key is already registered")
+	}
+	if err != nil {
+		return Entry{}, err
+	}
+	s.logger.InfoContext(ctx, "key created", "key", MaskForLog(out.Key), "key_type", out.KeyType.String(), "participant", c.Participant)
+	return out, nil
+}
+
+// validateCreate normalises a create request, reporting every bad field.
+func validateCreate(in CreateKeyInput) (Entry, error) {
+	var v violations
+	e := Entry{KeyType: in.KeyType}
+	switch {
+	case in.KeyType == KeyTypeUnspecified:
+		v.add("key_type", "key_type is required: CPF, CNPJ, PHONE, EMAIL or EVP")
+	case in.KeyType == KeyTypeEVP:
+		if in.Key != "" {
+			v.add("key", "an EVP key is generated by the server; send an empty key")
+		}
+	default:
+		k, err := NormalizeKey(in.KeyType, in.Key)
+		v.addError(err)
+		e.Key = k
+	}
+	acc, err := in.Account.Normalize()
+	v.addError(err)
+	owner, err := in.Owner.Normalize()
+	v.addError(err)
+	e.Account, e.Owner = acc, owner
+	if err := v.err(); err != nil {
+		return Entry{}, err
+	}
+	if err := checkKeyOwner(e); err != nil {
+		return Entry{}, err
+	}
+	return e, nil
+}
+
+// checkKeyOwner applies BCB's rule that a CPF key is its natural-person
+// owner's CPF and a CNPJ key its legal-person owner's CNPJ.
+func checkKeyOwner(e Entry) error {
+	switch e.KeyType {
+	case KeyTypeCPF:
+		if e.Owner.Type != OwnerTypeNaturalPerson {
+			return &Error{Kind: KindInvalid, Reason: ReasonEntryInvalid, Field: "owner.type", Msg: "a CPF key must belong to a natural person"}
+		}
+	case KeyTypeCNPJ:
+		if e.Owner.Type != OwnerTypeLegalPerson {
+			return &Error{Kind: KindInvalid, Reason: ReasonEntryInvalid, Field: "owner.type", Msg: "a CNPJ key must belong to a legal person"}
+		}
+	default:
+		return nil
+	}
+	if e.Key != e.Owner.TaxID {
+		return &Error{Kind: KindInvalid, Reason: ReasonEntryTaxIDNumberByDifferentOwner, Field: "key",
+			Msg: "a " + e.KeyType.String() + " key must equal the owner's tax id (owner.tax_id)"}
+	}
+	return nil
+}
+
+// conflictFor explains why a key that is already registered cannot be
+// created: here already, at another participant with the same owner
+// (portability), or with another owner (ownership).
+func conflictFor(existing Entry, participant, taxID string) error {
+	switch {
+	case existing.Account.Participant == participant && existing.Owner.TaxID == taxID:
+		return E(KindConflict, ReasonEntryAlreadyExists, "the key is already registered for this participant")
+	case existing.Owner.TaxID == taxID:
+		return E(KindConflict, ReasonEntryKeyInCustodyOfDifferentParticipant,
+			"the key is registered at another participant for the same owner; open a PORTABILITY claim")
+	default:
+		return E(KindConflict, ReasonEntryKeyOwnedByDifferentPerson,
+			"the key is registered for another owner; open an OWNERSHIP claim")
+	}
+}
+
+func lockedByClaim(ctx context.Context, q *sqlc.Queries, key string) error {
+	if _, err := q.OpenClaimForKey(ctx, key); err == nil {
+		return E(KindPrecondition, ReasonEntryLockedByClaim, "the key is under an open claim")
+	} else if !errors.Is(err, pgx.ErrNoRows) {
+		return err
+	}
+	return nil
+}
+
+func ownerWord(t OwnerType) string {
+	if t == OwnerTypeLegalPerson {
+		return "legal person"
+	}
+	return "natural person"
+}
+
+// GetKey returns one of the caller participant's own entries. Another
+// participant's key is reported as not found, so its existence is not
+// revealed.
+func (s *Service) GetKey(ctx context.Context, c Caller, t KeyType, key string) (Entry, error) {
+	_, k, err := NormalizeAnyKey(t, key)
+	if err != nil {
+		return Entry{}, err
+	}
+	row, err := s.q.GetOwnEntry(ctx, sqlc.GetOwnEntryParams{Key: k, Participant: c.Participant})
+	if errors.Is(err, pgx.ErrNoRows) {
+		return Entry{}, E(KindNotFound, ReasonEntryNotFound, "no entry for this key at the caller's participant")
+	}
+	if err != nil {
+		return Entry{}, dbError("get key", err)
+	}
+	return entryFromRow(row), nil
+}
+
+// ListKeysInput filters and pages ListKeys. With an account (branch, number
+// and type) it lists that account's keys; with an owner tax id that owner's;
+// with neither, all of the participant's keys.
+type ListKeysInput struct {
+	Account    *Account
+	OwnerTaxID string
+	PageSize   int
+	PageToken  string
+}
+
+// ListKeys lists the caller participant's entries in key order.
+func (s *Service) ListKeys(ctx context.Context, c Caller, in ListKeysInput) ([]Entry, string, error) {
+	size := in.PageSize
+	switch {
+	case size < 0 || size > MaxPageSize:
+		return nil, "", Invalid("page_size", "page_size must be between 0 and %d", MaxPageSize)
+	case size == 0:
+		size = DefaultPageSize
+	}
+	after := ""
+	if in.PageToken != "" {
+		b, err := base64.RawURLEncoding.DecodeString(in.PageToken)
+		if err != nil || len(b) > 128 {
+			return nil, "", Invalid("page_token", "page_token is not one this service issued")
+		}
+		after = string(b)
+	}
+	limit := int32(size + 1)
+	var rows []sqlc.Entry
+	var err error
+	switch {
+	case in.Account != nil && in.OwnerTaxID != "":
+		return nil, "", Invalid("owner_tax_id", "filter by account or by owner_tax_id, not both")
+	case in.Account != nil:
+		acc := *in.Account
+		acc.Participant = c.Participant
+		acc.OpenedAt = time.Unix(1, 0) // not part of the filter
+		if acc, err = acc.Normalize(); err != nil {
+			return nil, "", err
+		}
+		rows, err = s.q.ListEntriesByAccount(ctx, sqlc.ListEntriesByAccountParams{
+			Participant: c.Participant, Branch: acc.Branch, AccountNumber: acc.Number,
+			AccountType: acc.Type.String(), After: after, PageLimit: limit})
+	case in.OwnerTaxID != "":
+		_, taxID, verr := NormalizeTaxIDAnyType("owner_tax_id", in.OwnerTaxID)
+		if verr != nil {
+			return nil, "", verr
+		}
+		rows, err = s.q.ListEntriesByOwner(ctx, sqlc.ListEntriesByOwnerParams{
+			Participant: c.Participant, OwnerTaxID: taxID, After: after, PageLimit: limit})
+	default:
+		rows, err = s.q.ListEntriesByParticipant(ctx, sqlc.ListEntriesByParticipantParams{
+			Participant: c.Participant, After: after, PageLimit: limit})
+	}
+	if err != nil {
+		return nil, "", dbError("list keys", err)
+	}
+	next := ""
+	if len(rows) > size {
+		rows = rows[:size]
+		next = base64.RawURLEncoding.EncodeToString([]byte(rows[size-1].Key))
+	}
+	return entriesFromRows(rows), next, nil
+}
+
+// UpdateKeyInput is a request to change an entry's account or names.
+type UpdateKeyInput struct {
+	RequestID string
+	KeyType   KeyType
+	Key       string
+	Account   Account
+	Owner     Owner
+	Reason    Reason
+}
+
+var updateReasons = map[Reason]bool{ReasonUserRequested: true, ReasonBranchTransfer: true, ReasonReconciliation: true, ReasonRFBValidation: true}
+
+// UpdateKey changes the account, the name or the trade name of one of the
+// caller participant's entries; nothing else of an entry may change.
+func (s *Service) UpdateKey(ctx context.Context, c Caller, in UpdateKeyInput) (Entry, error) {
+	reqID, err := parseRequestID(in.RequestID)
+	if err != nil {
+		return Entry{}, err
+	}
+	if !updateReasons[in.Reason] {
+		return Entry{}, Invalid("reason", "an update's reason must be USER_REQUESTED, BRANCH_TRANSFER, RECONCILIATION or RFB_VALIDATION")
+	}
+	_, key, err := NormalizeAnyKey(in.KeyType, in.Key)
+	if err != nil {
+		return Entry{}, err
+	}
+	if in.Account.Participant == "" {
+		in.Account.Participant = c.Participant
+	}
+	var v violations
+	acc, aerr := in.Account.Normalize()
+	v.addError(aerr)
+	if aerr == nil && acc.Participant != c.Participant {
+		return Entry{}, &Error{Kind: KindPermissionDenied, Reason: ReasonForbidden, Field: "account.participant",
+			Msg: "account.participant must be the participant the caller acts for"}
+	}
+	if err := v.err(); err != nil {
+		return Entry{}, err
+	}
+	fp := fingerprint("UpdateKey", c.Participant, struct {
+		Key     string
+		Account Account
+		Owner   Owner
+		Reason  Reason
+	}{key, acc, in.Owner, in.Reason})
+
+	var out Entry
+	err = s.inTx(ctx, "update key", func(q *sqlc.Queries) error {
+		if prior, done, err := s.claimRequest(ctx, q, reqID, c.Participant, "UpdateKey", fp); err != nil || done {
+			out = prior
+			return err
+		}
+		row, err := q.GetEntryForUpdate(ctx, key)
+		if errors.Is(err, pgx.ErrNoRows) || (err == nil && row.Participant != c.Participant) {
+			return E(KindNotFound, ReasonEntryNotFound, "no entry for this key at the caller's participant")
+		} else if err != nil {
+			return err
+		}
+		before := entryFromRow(row)
+		owner := in.Owner
+		// Only the names may change; type and tax id, when sent, must match.
+		if owner.Type == OwnerTypeUnspecified {
+			owner.Type = before.Owner.Type
+		}
+		if owner.TaxID == "" {
+			owner.TaxID = before.Owner.TaxID
+		}
+		owner, err = owner.Normalize()
+		if err != nil {
+			return err
+		}
+		if owner.Type != before.Owner.Type || owner.TaxID != before.Owner.TaxID {
+			return Invalid("owner.tax_id", "an update may change only the account, the name and the trade name; owner.type and owner.tax_id must stay as registered")
+		}
+		after := before
+		after.Account, after.Owner = acc, owner
+		after.UpdatedAt = s.now().UTC().Truncate(time.Microsecond)
+		after.CID = CID(before.RequestID, after)
+		if acc.Participant != before.Account.Participant || acc.Branch != before.Account.Branch ||
+			acc.Number != before.Account.Number || acc.Type != before.Account.Type {
+			if err := q.LockAccount(ctx, lockAccountParams(acc)); err != nil {
+				return err
+			}
+			n, err := q.CountAccountEntries(ctx, countAccountParams(acc))
+			if err != nil {
+				return err
+			}
+			if limit := MaxKeysPerAccount(owner.Type); n >= int64(limit) {
+				return E(KindPrecondition, ReasonEntryLimitExceeded,
+					"the new account already holds %d keys, the most a %s may have on one account", n, ownerWord(owner.Type))
+			}
+		}
+		w, _ := CIDWords(after.CID)
+		if err := q.UpdateEntry(ctx, sqlc.UpdateEntryParams{
+			Key: key, Branch: acc.Branch, AccountNumber: acc.Number, AccountType: acc.Type.String(),
+			AccountOpenedAt: acc.OpenedAt, OwnerName: owner.Name, OwnerTradeName: owner.TradeName,
+			UpdatedAt: after.UpdatedAt, Cid: after.CID, CidW0: w[0], CidW1: w[1], CidW2: w[2], CidW3: w[3],
+		}); err != nil {
+			return err
+		}
+		if err := s.record(ctx, q, c, "UpdateKey", key, reqID, in.Reason, &before, &after); err != nil {
+			return err
+		}
+		if err := s.emit(ctx, q, c, "KeyUpdated", after, map[string]any{
+			"reason":     in.Reason.String(),
+			"cid_events": []cidEvent{{"REMOVED", before.CID}, {"ADDED", after.CID}},
+		}); err != nil {
+			return err
+		}
+		out = after
+		return s.answerRequest(ctx, q, reqID, after)
+	})
+	if err != nil {
+		return Entry{}, err
+	}
+	return out, nil
+}
+
+// DeleteKeyInput is a request to remove an entry.
+type DeleteKeyInput struct {
+	RequestID string
+	KeyType   KeyType
+	Key       string
+	Reason    Reason
+}
+
+var deleteReasons = map[Reason]bool{ReasonUserRequested: true, ReasonAccountClosure: true, ReasonReconciliation: true, ReasonFraud: true, ReasonRFBValidation: true}
+
+// DeleteKey removes one of the caller participant's entries and returns it
+// with status DELETED.
+func (s *Service) DeleteKey(ctx context.Context, c Caller, in DeleteKeyInput) (Entry, error) {
+	reqID, err := parseRequestID(in.RequestID)
+	if err != nil {
+		return Entry{}, err
+	}
+	if !deleteReasons[in.Reason] {
+		return Entry{}, Invalid("reason", "a delete's reason must be USER_REQUESTED, ACCOUNT_CLOSURE, RECONCILIATION, FRAUD or RFB_VALIDATION")
+	}
+	_, key, err := NormalizeAnyKey(in.KeyType, in.Key)
+	if err != nil {
+		return Entry{}, err
+	}
+	fp := fingerprint("DeleteKey", c.Participant, struct {
+		Key    string
+		Reason Reason
+	}{key, in.Reason})
+	var out Entry
+	err = s.inTx(ctx, "delete key", func(q *sqlc.Queries) error {
+		if prior, done, err := s.claimRequest(ctx, q, reqID, c.Participant, "DeleteKey", fp); err != nil || done {
+			out = prior
+			return err
+		}
+		row, err := q.GetEntryForUpdate(ctx, key)
+		if errors.Is(err, pgx.ErrNoRows) || (err == nil && row.Participant != c.Participant) {
+			return E(KindNotFound, ReasonEntryNotFound, "no entry for this key at the caller's participant")
+		} else if err != nil {
+			return err
+		}
+		if err := lockedByClaim(ctx, q, key); err != nil {
+			return err
+		}
+		before := entryFromRow(row)
+		if err := q.DeleteEntry(ctx, key); err != nil {
+			return err
+		}
+		after := before
+		after.Status = EntryStatusDeleted
+		after.UpdatedAt = s.now().UTC().Truncate(time.Microsecond)
+		if err := s.record(ctx, q, c, "DeleteKey", key, reqID, in.Reason, &before, &after); err != nil {
+			return err
+		}
+		if err := s.emit(ctx, q, c, "KeyDeleted", after, map[string]any{
+			"reason":     in.Reason.String(),
+			"cid_events": []cidEvent{{"REMOVED", before.CID}},
+		}); err != nil {
+			return err
+		}
+		out = after
+		return s.answerRequest(ctx, q, reqID, after)
+	})
+	if err != nil {
+		return Entry{}, err
+	}
+	return out, nil
+}
+
+// LookupInput is a lookup before a payment.
+type LookupInput struct {
+	KeyType    KeyType
+	Key        string
+	PayerID    string
+	EndToEndID string
+}
+
+// PayerView is what the payer may be shown about the receiver (DOMAIN.md).
+type PayerView struct {
+	Key             string
+	Name            string
+	TradeName       string
+	TaxIDMasked     string
+	ParticipantName string
+}
+
+// LookupKey answers a lookup for a payment. Keys held by the caller's own
+// participant are answered from its own data, as BCB requires; any other
+// key needs the directory, which this build does not reach yet.
+func (s *Service) LookupKey(ctx context.Context, c Caller, in LookupInput) (Entry, PayerView, error) {
+	_, key, err := NormalizeAnyKey(in.KeyType, in.Key)
+	if err != nil {
+		return Entry{}, PayerView{}, err
+	}
+	if _, _, err := NormalizeTaxIDAnyType("payer_id", in.PayerID); err != nil {
+		return Entry{}, PayerView{}, err
+	}
+	if err := ValidateEndToEndID(in.EndToEndID, c.Participant); err != nil {
+		return Entry{}, PayerView{}, err
+	}
+	row, err := s.q.GetOwnEntry(ctx, sqlc.GetOwnEntryParams{Key: key, Participant: c.Participant})
+	if errors.Is(err, pgx.ErrNoRows) {
+		return Entry{}, PayerView{}, errDirectoryNotWired
+	}
+	if err != nil {
+		return Entry{}, PayerView{}, dbError("lookup key", err)
+	}
+	e := entryFromRow(row)
+	return e, PayerView{
+		Key:             e.Key,
+		Name:            e.Owner.Name,
+		TradeName:       e.Owner.TradeName,
+		TaxIDMasked:     MaskTaxIDForPayer(e.Owner.TaxID),
+		ParticipantName: s.names[e.Account.Participant],
+	}, nil
+}
+
+// errDirectoryNotWired answers requests that need the central DICT.
+var errDirectoryNotWired = E(KindUnimplemented, ReasonNotImplemented,
+	"this key is not held by the caller's participant, and lookups through the central directory (DICT) are not available in this build")
+
+// KeyExistence tells whether a key has an entry.
+type KeyExistence struct {
+	Key      string
+	HasEntry bool
+}
+
+// CheckKeys tells which of 1 to 200 keys have entries. Only keys held by the
+// caller's participant can be answered without the directory; a request
+// naming any other key is refused as unimplemented rather than answered
+// with a guess.
+func (s *Service) CheckKeys(ctx context.Context, c Caller, keys []string) ([]KeyExistence, error) {
+	if len(keys) == 0 || len(keys) > MaxCheckKeys {
+		return nil, Invalid("keys", "keys must hold between 1 and %d keys; got %d", MaxCheckKeys, len(keys))
+	}
+	norm := make([]string, len(keys))
+	var v violations
+	for i, k := range keys {
+		_, n, err := NormalizeAnyKey(KeyTypeUnspecified, k)
+		if err != nil {
+			v.add("keys["+itoa(i)+"]", "%s", errorMsg(err))
+			continue
+		}
+		norm[i] = n
+	}
+	if err := v.err(); err != nil {
+		return nil, err
+	}
+	found, err := s.q.OwnEntriesExist(ctx, sqlc.OwnEntriesExistParams{Participant: c.Participant, Keys: norm})
+	if err != nil {
+		return nil, dbError("check keys", err)
+	}
+	have := make(map[string]bool, len(found))
+	for _, k := range found {
+		have[k] = true
+	}
+	out := make([]KeyExistence, len(norm))
+	for i, k := range norm {
+		if !have[k] {
+			return nil, errDirectoryNotWired
+		}
+		out[i] = KeyExistence{Key: k, HasEntry: true}
+	}
+	return out, nil
+}
+
+// SyncStatus is the synchronisation state of one key type.
+type SyncStatus struct {
+	KeyType    KeyType
+	VSync      string
+	EntryCount int64
+	LastCheck  time.Time // zero when never checked
+	Result     string    // "", "MATCH" or "MISMATCH"
+}
+
+// GetSyncStatus reports, per key type, the VSync of the caller participant's
+// entries (aggregated from the stored CIDs, so always current), their count
+// and the last check against the directory.
+func (s *Service) GetSyncStatus(ctx context.Context, c Caller) ([]SyncStatus, error) {
+	rows, err := s.q.VSyncByKeyType(ctx, c.Participant)
+	if err != nil {
+		return nil, dbError("sync status", err)
+	}
+	checks, err := s.q.LatestSyncChecks(ctx, c.Participant)
+	if err != nil {
+		return nil, dbError("sync status", err)
+	}
+	out := make([]SyncStatus, len(KeyTypes))
+	for i, t := range KeyTypes {
+		out[i] = SyncStatus{KeyType: t, VSync: WordsToHex([4]int64{})}
+		for _, r := range rows {
+			if r.KeyType == t.String() {
+				out[i].VSync = WordsToHex([4]int64{r.W0, r.W1, r.W2, r.W3})
+				out[i].EntryCount = r.EntryCount
+			}
+		}
+		for _, ck := range checks {
+			if ck.KeyType == t.String() {
+				out[i].LastCheck, out[i].Result = ck.CheckedAt.UTC(), ck.Result
+			}
+		}
+	}
+	return out, nil
+}
+
+// claimRequest takes a RequestId for this request. When the id was already
+// used, it returns the first answer (done) if the request is the same, and
+// RequestIdAlreadyUsed if it is not.
+func (s *Service) claimRequest(ctx context.Context, q *sqlc.Queries, id uuid.UUID, participant, op string, fp []byte) (Entry, bool, error) {
+	n, err := q.ClaimRequestID(ctx, sqlc.ClaimRequestIDParams{RequestID: id, Participant: participant, Operation: op, Fingerprint: fp})
+	if err != nil {
+		return Entry{}, false, err
+	}
+	if n == 1 {
+		return Entry{}, false, nil
+	}
+	prior, err := q.GetRequest(ctx, id)
+	if err != nil {
+		return Entry{}, false, err
+	}
+	if string(prior.Fingerprint) != string(fp) || prior.Response == nil {
+		return Entry{}, false, &Error{Kind: KindConflict, Reason: ReasonRequestIDAlreadyUsed, Field: "request_id",
+			Msg: "request_id was already used for a different request; use a new UUID for each request"}
+	}
+	var e Entry
+	if err := json.Unmarshal(prior.Response, &e); err != nil {
+		return Entry{}, false, err
+	}
+	return e, true, nil
+}
+
+func (s *Service) answerRequest(ctx context.Context, q *sqlc.Queries, id uuid.UUID, e Entry) error {
+	b, err := json.Marshal(e)
+	if err != nil {
+		return err
+	}
+	return q.SetRequestResponse(ctx, sqlc.SetRequestResponseParams{RequestID: id, Response: b})
+}
+
+// record writes the audit row of a change.
+func (s *Service) record(ctx context.Context, q *sqlc.Queries, c Caller, action, key string, reqID uuid.UUID, r Reason, before, after *Entry) error {
+	var b, a []byte
+	var err error
+	if before != nil {
+		if b, err = json.Marshal(before); err != nil {
+			return err
+		}
+	}
+	if after != nil {
+		if a, err = json.Marshal(after); err != nil {
+			return err
+		}
+	}
+	reason := ""
+	if r != ReasonUnspecified {
+		reason = r.String()
+	}
+	return q.InsertAudit(ctx, sqlc.InsertAuditParams{
+		At: s.now().UTC(), Participant: c.Participant, Actor: c.Subject, Action: action, Key: key,
+		RequestID: uuid.NullUUID{UUID: reqID, Valid: true}, Reason: reason, Before: b, After: a,
+	})
+}
+
+type cidEvent struct {
+	Type string `json:"type"`
+	CID  string `json:"cid"`
+}
+
+// emit writes the event a change implies to the outbox, in the change's
+// transaction; the relay publishes it after commit, keyed by the key so one
+// key's events stay in order.
+func (s *Service) emit(ctx context.Context, q *sqlc.Queries, c Caller, eventType string, e Entry, extra map[string]any) error {
+	id := uuid.New()
+	now := s.now().UTC()
+	payload := map[string]any{
+		"event_id":       id.String(),
+		"event_type":     eventType,
+		"aggregate_type": "Entry",
+		"aggregate_id":   e.Key,
+		"participant":    c.Participant,
+		"occurred_at":    now,
+		"key_type":       e.KeyType.String(),
+		"key":            e.Key,
+		"cid":            e.CID,
+	}
+	for k, v := range extra {
+		payload[k] = v
+	}
+	b, err := json.Marshal(payload)
+	if err != nil {
+		return err
+	}
+	return q.InsertOutbox(ctx, sqlc.InsertOutboxParams{
+		ID: id, CreatedAt: now, Topic: s.topic, PartitionKey: e.Key, EventType: eventType,
+		AggregateType: "Entry", AggregateID: e.Key, Participant: c.Participant,
+		ContentType: "application/json", Payload: b,
+	})
+}
+
+func parseRequestID(s string) (uuid.UUID, error) {
+	if len(s) != 36 {
+		return uuid.Nil, Invalid("request_id", "request_id must be a UUID (36 characters, e.g. 2f1b7c1e-...); one per request")
+	}
+	id, err := uuid.Parse(s)
+	if err != nil || id == uuid.Nil {
+		return uuid.Nil, Invalid("request_id", "request_id must be a non-nil UUID")
+	}
+	return id, nil
+}
+
+// fingerprint identifies a request's data for RequestId idempotency.
+func fingerprint(op, participant string, data any) []byte {
+	b, _ := json.Marshal(struct {
+		Op, Participant string
+		Data            any
+	}{op, participant, data})
+	sum := sha256.Sum256(b)
+	return sum[:]
+}
+
+func insertParams(e Entry) sqlc.InsertEntryParams {
+	w, _ := CIDWords(e.CID)
+	return sqlc.InsertEntryParams{
+		Key: e.Key, KeyType: e.KeyType.String(), Participant: e.Account.Participant, Branch: e.Account.Branch,
+		AccountNumber: e.Account.Number, AccountType: e.Account.Type.String(), AccountOpenedAt: e.Account.OpenedAt,
+		OwnerType: e.Owner.Type.String(), OwnerTaxID: e.Owner.TaxID, OwnerName: e.Owner.Name, OwnerTradeName: e.Owner.TradeName,
+		Status: e.Status.String(), CreatedAt: e.CreatedAt, KeyOwnedSince: e.KeyOwnedSince, UpdatedAt: e.UpdatedAt,
+		RequestID: e.RequestID, Cid: e.CID, CidW0: w[0], CidW1: w[1], CidW2: w[2], CidW3: w[3],
+	}
+}
+
+func lockAccountParams(a Account) sqlc.LockAccountParams {
+	return sqlc.LockAccountParams{Participant: a.Participant, Branch: a.Branch, AccountNumber: a.Number, AccountType: a.Type.String()}
+}
+
+func countAccountParams(a Account) sqlc.CountAccountEntriesParams {
+	return sqlc.CountAccountEntriesParams{Participant: a.Participant, Branch: a.Branch, AccountNumber: a.Number, AccountType: a.Type.String()}
+}
+
+func errorMsg(err error) string {
+	var e *Error
+	if errors.As(err, &e) {
+		return e.Msg
+	}
+	return "invalid"
+}
+
+func itoa(i int) string {
+	const digits = "0123456789"
+	if i < 10 {
+		return digits[i : i+1]
+	}
+	return itoa(i/10) + digits[i%10:i%10+1]
+}

@@ -1,0 +1,359 @@
+// Command core-dict is a PSP's PIX key service. Subcommands:
+//
+//	core-dict serve     serve the API (default)
+//	core-dict migrate   apply the database migrations
+//	core-dict token     print a signed token for local use
+//
+// All settings come from the environment (see README.md); a bad value stops
+// start-up with one line naming the variable and what it expects.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/lbpay-lab/core-dict/dict"
+	"github.com/lbpay-lab/core-dict/rpc"
+	"github.com/lbpay-lab/core-dict/schema"
+)
+
+func main() {
+	cmd := "serve"
+	args := os.Args[1:]
+	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+		cmd, args = args[0], args[1:]
+	}
+	var err error
+	switch cmd {
+	case "serve":
+		err = runServe(args)
+	case "migrate":
+		err = runMigrate(args)
+	case "token":
+		err = runToken(args)
+	default:
+		err = fmt.Errorf("unknown command %q: want serve, migrate or token", cmd)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "core-dict:", err)
+		os.Exit(1)
+	}
+}
+
+// config is every setting, parsed once from the environment.
+type config struct {
+	DatabaseURL      string
+	DBMaxConns       int
+	ListenHost       string
+	GRPCPort         int
+	MetricsPort      int
+	JWTSecret        string
+	JWTJWKSFile      string
+	Participants     []string
+	ParticipantNames map[string]string
+	MaxRequestBytes  int
+	ReadTimeout      time.Duration
+	WriteTimeout     time.Duration
+	IdleTimeout      time.Duration
+	ShutdownTimeout  time.Duration
+	KeyEventsTopic   string
+	LogLevel         slog.Level
+}
+
+// env reads the environment into a config; the first bad value is an error
+// naming the variable.
+type env struct{ err error }
+
+func (e *env) str(name, def string) string {
+	if v, ok := os.LookupEnv(name); ok && v != "" {
+		return v
+	}
+	return def
+}
+
+func (e *env) int(name string, def, min, max int) int {
+	v := e.str(name, "")
+	if v == "" {
+		return def
+	}
+	n, err := strconv.Atoi(v)
+	if (err != nil || n < min || n > max) && e.err == nil {
+		e.err = fmt.Errorf("%s=%q: want an integer from %d to %d", name, v, min, max)
+	}
+	return n
+}
+
+func (e *env) dur(name string, def time.Duration) time.Duration {
+	v := e.str(name, "")
+	if v == "" {
+		return def
+	}
+	d, err := time.ParseDuration(v)
+	if (err != nil || d <= 0) && e.err == nil {
+		e.err = fmt.Errorf("%s=%q: want a positive duration such as 5s or 250ms", name, v)
+	}
+	return d
+}
+
+func (e *env) fail(format string, args ...any) {
+	if e.err == nil {
+		e.err = fmt.Errorf(format, args...)
+	}
+}
+
+func loadConfig() (config, error) {
+	var e env
+	c := config{
+		DatabaseURL:     e.str("DATABASE_URL", "postgres://coredict:coredict@127.0.0.1:5432/coredict?sslmode=disable"),
+		DBMaxConns:      e.int("DB_MAX_CONNS", 20, 1, 1000),
+		ListenHost:      e.str("LISTEN_HOST", ""),
+		GRPCPort:        e.int("GRPC_PORT", 9090, 1, 65535),
+		MetricsPort:     e.int("METRICS_PORT", 9091, 1, 65535),
+		JWTSecret:       e.str("JWT_SECRET", ""),
+		JWTJWKSFile:     e.str("JWT_JWKS_FILE", ""),
+		MaxRequestBytes: e.int("MAX_REQUEST_BYTES", rpc.DefaultMaxRequestBytes, 1024, 64<<20),
+		ReadTimeout:     e.dur("HTTP_READ_TIMEOUT", 10*time.Second),
+		WriteTimeout:    e.dur("HTTP_WRITE_TIMEOUT", 30*time.Second),
+		IdleTimeout:     e.dur("HTTP_IDLE_TIMEOUT", 120*time.Second),
+		ShutdownTimeout: e.dur("SHUTDOWN_TIMEOUT", 25*time.Second),
+		KeyEventsTopic:  e.str("PULSAR_TOPIC_KEY_EVENTS", "persistent://dict/events/key-events"),
+	}
+	for _, p := range strings.Split(e.str("DICT_PARTICIPANTS", ""), ",") {
+		if p = strings.TrimSpace(p); p == "" {
+			continue
+		}
+		if len(p) != 8 || strings.Trim(p, "0123456789") != "" {
+			e.fail("DICT_PARTICIPANTS: %q is not an ISPB; want comma-separated 8-digit ISPBs", p)
+		}
+		c.Participants = append(c.Participants, p)
+	}
+	c.ParticipantNames = map[string]string{}
+	if v := e.str("DICT_PARTICIPANT_NAMES", ""); v != "" {
+		for _, kv := range strings.Split(v, ",") {
+			ispb, name, ok := strings.Cut(kv, "=")
+			if !ok || len(strings.TrimSpace(ispb)) != 8 {
+				e.fail("DICT_PARTICIPANT_NAMES: want ISPB=Name pairs separated by commas")
+				break
+			}
+			c.ParticipantNames[strings.TrimSpace(ispb)] = strings.TrimSpace(name)
+		}
+	}
+	switch strings.ToLower(e.str("LOG_LEVEL", "info")) {
+	case "debug":
+		c.LogLevel = slog.LevelDebug
+	case "info":
+		c.LogLevel = slog.LevelInfo
+	case "warn":
+		c.LogLevel = slog.LevelWarn
+	case "error":
+		c.LogLevel = slog.LevelError
+	default:
+		e.fail("LOG_LEVEL: want debug, info, warn or error")
+	}
+	return c, e.err
+}
+
+func runServe(args []string) error {
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	migrate := fs.Bool("migrate", false, "apply migrations before serving")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	cfg, err := loadConfig()
+	if err != nil {
+		return err
+	}
+	if len(cfg.Participants) == 0 {
+		return errors.New("DICT_PARTICIPANTS: required; the comma-separated ISPBs this instance serves")
+	}
+	if cfg.JWTSecret == "" && cfg.JWTJWKSFile == "" {
+		return errors.New("JWT_SECRET: required (at least 32 bytes) unless JWT_JWKS_FILE is set")
+	}
+	logger := slog.New(slog.NewJSONHandler(os.Stdout, &slog.HandlerOptions{Level: cfg.LogLevel}))
+	slog.SetDefault(logger)
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+
+	if *migrate {
+		if err := applyMigrations(ctx, cfg.DatabaseURL); err != nil {
+			return err
+		}
+	}
+	pool, err := openPool(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+
+	auth, err := rpc.NewAuthenticator(rpc.AuthConfig{
+		HS256Secret:  []byte(cfg.JWTSecret),
+		JWKSFile:     cfg.JWTJWKSFile,
+		Participants: cfg.Participants,
+		Audience:     rpc.DefaultAudience,
+		Leeway:       30 * time.Second,
+	})
+	if err != nil {
+		return fmt.Errorf("JWT_SECRET/JWT_JWKS_FILE: %w", err)
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+
+	svc := dict.NewService(dict.ServiceConfig{
+		Pool:             pool,
+		KeyEventsTopic:   cfg.KeyEventsTopic,
+		ParticipantNames: cfg.ParticipantNames,
+		Logger:           logger,
+	})
+	mux := rpc.NewMux(rpc.ServerConfig{
+		Service:         svc,
+		Auth:            auth,
+		Metrics:         rpc.NewMetrics(reg),
+		Logger:          logger,
+		MaxRequestBytes: cfg.MaxRequestBytes,
+	})
+	protocols := new(http.Protocols)
+	protocols.SetHTTP1(true)
+	protocols.SetUnencryptedHTTP2(true)
+	api := &http.Server{
+		Addr:              net.JoinHostPort(cfg.ListenHost, strconv.Itoa(cfg.GRPCPort)),
+		Handler:           mux,
+		Protocols:         protocols,
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       cfg.ReadTimeout,
+		WriteTimeout:      cfg.WriteTimeout,
+		IdleTimeout:       cfg.IdleTimeout,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
+	}
+	ops := &http.Server{
+		Addr:              net.JoinHostPort(cfg.ListenHost, strconv.Itoa(cfg.MetricsPort)),
+		Handler:           opsMux(reg, svc),
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       10 * time.Second,
+		WriteTimeout:      30 * time.Second,
+	}
+	errc := make(chan error, 2)
+	for _, s := range []*http.Server{api, ops} {
+		go func() {
+			if err := s.ListenAndServe(); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				errc <- fmt.Errorf("listen on %s: %w", s.Addr, err)
+			}
+		}()
+	}
+	logger.Info("serving", "api", api.Addr, "metrics", ops.Addr, "participants", cfg.Participants)
+
+	select {
+	case <-ctx.Done():
+	case err = <-errc:
+		logger.Error("server failed", "err", err)
+	}
+	// SIGTERM: stop accepting, drain in-flight requests, then close the pool.
+	logger.Info("shutting down", "timeout", cfg.ShutdownTimeout.String())
+	sctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
+	defer cancel()
+	serr := api.Shutdown(sctx)
+	_ = ops.Shutdown(sctx)
+	if err == nil {
+		err = serr
+	}
+	logger.Info("stopped")
+	return err
+}
+
+// opsMux serves the operator's endpoints: metrics, liveness, readiness.
+func opsMux(reg *prometheus.Registry, svc *dict.Service) *http.ServeMux {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		w.Write([]byte("ok\n"))
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+		defer cancel()
+		if err := svc.Ping(ctx); err != nil {
+			http.Error(w, "postgres unreachable", http.StatusServiceUnavailable)
+			return
+		}
+		w.Write([]byte("ready\n"))
+	})
+	return mux
+}
+
+func openPool(ctx context.Context, cfg config) (*pgxpool.Pool, error) {
+	pc, err := pgxpool.ParseConfig(cfg.DatabaseURL)
+	if err != nil {
+		return nil, errors.New("DATABASE_URL: not a valid PostgreSQL URL")
+	}
+	pc.MaxConns = int32(cfg.DBMaxConns)
+	if pc.ConnConfig.ConnectTimeout == 0 {
+		pc.ConnConfig.ConnectTimeout = 5 * time.Second
+	}
+	pool, err := pgxpool.NewWithConfig(ctx, pc)
+	if err != nil {
+		return nil, fmt.Errorf("DATABASE_URL: %w", err)
+	}
+	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := pool.Ping(pctx); err != nil {
+		pool.Close()
+		return nil, fmt.Errorf("DATABASE_URL: PostgreSQL does not answer (run `scripts/deps.sh up postgres`): %w", err)
+	}
+	return pool, nil
+}
+
+func runMigrate(args []string) error {
+	fs := flag.NewFlagSet("migrate", flag.ContinueOnError)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	cfg, err := loadConfig()
+	if err != nil {
+		return err
+	}
+	return applyMigrations(context.Background(), cfg.DatabaseURL)
+}
+
+func applyMigrations(ctx context.Context, url string) error {
+	if err := schema.Migrate(ctx, url, os.Stderr); err != nil {
+		return fmt.Errorf("DATABASE_URL: %w", err)
+	}
+	return nil
+}
+
+func runToken(args []string) error {
+	fs := flag.NewFlagSet("token", flag.ContinueOnError)
+	sub := fs.String("sub", "local-user", "subject: the calling user or service")
+	ispb := fs.String("ispb", "", "the participant (8-digit ISPB) the caller acts for")
+	scope := fs.String("scope", "dict.read dict.write dict.lookup dict.claims", "space-separated scopes")
+	ttl := fs.Duration("ttl", time.Hour, "lifetime of the token")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	secret := os.Getenv("JWT_SECRET")
+	if secret == "" {
+		return errors.New("JWT_SECRET: required to sign a token")
+	}
+	tok, err := rpc.IssueToken([]byte(secret), *sub, *ispb, strings.Fields(*scope), *ttl)
+	if err != nil {
+		return err
+	}
+	fmt.Println(tok)
+	return nil
+}
