@@ -11,7 +11,7 @@ export DICT_PARTICIPANTS ?= 12345678,87654321
 
 GEN_TMP := .deps/gen-check
 
-.PHONY: run test deps deps-down build gen gen-check lint vet fmt-check tidy-check bench
+.PHONY: run test deps deps-down build gen gen-check lint vet fmt-check tidy-check bench tools
 
 ## run: install and start the local services, migrate, serve on :9090 (metrics on :9091).
 run: deps build
@@ -59,3 +59,7 @@ vet:
 ## bench: the benchmarks of docs/BENCHMARKS.md, in one run.
 bench: deps
 	$(GO) test -run='^$$' -bench=. -benchtime=2s ./dict/ ./rpc/
+
+## tools: build buf and grpcurl into bin/ for the README's examples.
+tools:
+	$(GO) build -modfile=tools/go.mod -o bin/ github.com/bufbuild/buf/cmd/buf github.com/fullstorydev/grpcurl/cmd/grpcurl

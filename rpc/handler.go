@@ -41,6 +41,7 @@ func caller(ctx context.Context) (dict.Caller, error) {
 	if !ok || p.Participant == "" {
 		return dict.Caller{}, connect.NewError(connect.CodeUnauthenticated, errors.New("no authenticated caller"))
 	}
+	noteCaller(ctx, p)
 	return dict.Caller{Participant: p.Participant, Subject: p.Subject}, nil
 }
 

@@ -47,7 +47,8 @@ func observe(m *Metrics, logger *slog.Logger) connect.UnaryInterceptorFunc {
 		return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
 			start := time.Now()
 			m.inflight.Inc()
-			res, err := next(ctx, req)
+			who := &requestCaller{}
+			res, err := next(context.WithValue(ctx, requestCallerKey{}, who), req)
 			m.inflight.Dec()
 			elapsed := time.Since(start)
 			procedure := req.Spec().Procedure
@@ -59,8 +60,8 @@ func observe(m *Metrics, logger *slog.Logger) connect.UnaryInterceptorFunc {
 			m.duration.WithLabelValues(procedure).Observe(elapsed.Seconds())
 			attrs := []any{"procedure", procedure, "code", code, "duration_ms", float64(elapsed.Microseconds()) / 1000,
 				"protocol", req.Peer().Protocol}
-			if p, ok := PrincipalFrom(ctx); ok {
-				attrs = append(attrs, "participant", p.Participant, "sub", p.Subject)
+			if who.participant != "" {
+				attrs = append(attrs, "participant", who.participant, "sub", who.subject)
 			}
 			level := slog.LevelInfo
 			if code == connect.CodeInternal.String() || code == connect.CodeUnknown.String() {
@@ -78,5 +79,18 @@ func recoverPanic(logger *slog.Logger) func(ctx context.Context, spec connect.Sp
 	return func(ctx context.Context, spec connect.Spec, _ http.Header, p any) error {
 		logger.ErrorContext(ctx, "panic in handler", "procedure", spec.Procedure, "panic", p)
 		return connect.NewError(connect.CodeInternal, errors.New("internal error"))
+	}
+}
+
+// requestCaller carries the authenticated caller back out to [observe],
+// which runs before authentication and so cannot read it from its own
+// context. The handler fills it when it learns who called.
+type requestCaller struct{ participant, subject string }
+
+type requestCallerKey struct{}
+
+func noteCaller(ctx context.Context, p Principal) {
+	if who, ok := ctx.Value(requestCallerKey{}).(*requestCaller); ok {
+		who.participant, who.subject = p.Participant, p.Subject
 	}
 }

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
+	"connectrpc.com/grpcreflect"
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/uuid"
 	"github.com/prometheus/client_golang/prometheus"
@@ -103,9 +104,10 @@ func token(tb testing.TB, ispb string, scopes ...string) string {
 }
 
 var h2cTransport = func() *http.Transport {
+	// Only unencrypted HTTP/2 set: the transport then speaks h2c with prior
+	// knowledge to http:// URLs.
 	t := &http.Transport{MaxIdleConnsPerHost: 64}
 	t.Protocols = new(http.Protocols)
-	t.Protocols.SetHTTP1(true)
 	t.Protocols.SetUnencryptedHTTP2(true)
 	return t
 }()
@@ -917,6 +919,7 @@ func TestProtocols(t *testing.T) {
 		client dictv1connect.CoreDictServiceClient
 	}{
 		{"gRPC over h2c", grpcClient(t, partA)},
+		{"gRPC over HTTP/1.1", client(t, partA, connect.WithGRPC())},
 		{"gRPC-Web", client(t, partA, connect.WithGRPCWeb())},
 		{"Connect binary", dictv1connect.NewCoreDictServiceClient(&http.Client{Transport: bearerOver{tok: token(t, partA), rt: h2cTransport}}, env.server.URL)},
 	} {
@@ -931,5 +934,50 @@ func TestProtocols(t *testing.T) {
 			_, err = test.client.GetKey(context.Background(), &dictv1.GetKeyRequest{Key: "not a key"})
 			wantErr(t, err, connect.CodeInvalidArgument, dict.ReasonEntryInvalid)
 		})
+	}
+}
+
+func TestHealthAndReflectionNeedNoToken(t *testing.T) {
+	t.Parallel()
+	req, _ := http.NewRequest(http.MethodPost, env.server.URL+"/grpc.health.v1.Health/Check", strings.NewReader(`{}`))
+	req.Header.Set("Content-Type", "application/json")
+	res, err := http1Transport.RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(res.Body)
+	res.Body.Close()
+	if res.StatusCode != http.StatusOK || !bytes.Contains(body, []byte(`"SERVING_STATUS_SERVING"`)) {
+		t.Errorf("health: %d %s", res.StatusCode, body)
+	}
+	// v1 through connect's reflection client.
+	rc := grpcreflect.NewClient(&http.Client{Transport: h2cTransport}, env.server.URL)
+	stream := rc.NewStream(context.Background())
+	names, err := stream.ListServices()
+	stream.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, n := range names {
+		got = append(got, string(n))
+	}
+	if !contains(got, "dict.v1.CoreDictService") {
+		t.Errorf("reflection v1 services = %v", got)
+	}
+	// v1alpha, which older grpcurl builds speak, by hand: one gRPC frame
+	// holding ServerReflectionRequest{list_services: "*"} (field 7).
+	frame := []byte{0, 0, 0, 0, 3, 0x3a, 1, '*'}
+	req, _ = http.NewRequest(http.MethodPost, env.server.URL+"/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", bytes.NewReader(frame))
+	req.Header.Set("Content-Type", "application/grpc")
+	req.Header.Set("TE", "trailers")
+	res, err = h2cTransport.RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ = io.ReadAll(res.Body)
+	res.Body.Close()
+	if st := res.Trailer.Get("Grpc-Status"); st != "0" || !bytes.Contains(body, []byte("dict.v1.CoreDictService")) {
+		t.Errorf("reflection v1alpha: grpc-status %q, body %q", st, body)
 	}
 }
