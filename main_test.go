@@ -1,8 +1,18 @@
 package main
 
 import (
+	"context"
+	"io"
+	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/lbpay-lab/core-dict/dict"
+	"github.com/lbpay-lab/core-dict/internal/testdb"
+	"github.com/lbpay-lab/core-dict/rpc"
 )
 
 func TestLoadConfigRefusesBadValues(t *testing.T) {
@@ -47,5 +57,48 @@ func TestLoadConfigDefaults(t *testing.T) {
 	}
 	if c.ParticipantNames["12345678"] != "Banco A" {
 		t.Errorf("names = %v", c.ParticipantNames)
+	}
+}
+
+func TestOpsEndpoints(t *testing.T) {
+	ctx := context.Background()
+	db, err := testdb.Create(ctx, "main")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	reg := prometheus.NewRegistry()
+	rpc.NewMetrics(reg)
+	svc := dict.NewService(dict.ServiceConfig{Pool: db.Pool})
+	srv := httptest.NewServer(opsMux(reg, svc))
+	defer srv.Close()
+	for _, test := range []struct {
+		path     string
+		wantCode int
+		wantBody string
+	}{
+		{"/healthz", http.StatusOK, "ok"},
+		{"/readyz", http.StatusOK, "ready"},
+		{"/metrics", http.StatusOK, "rpc_server_in_flight"},
+	} {
+		res, err := http.Get(srv.URL + test.path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(res.Body)
+		res.Body.Close()
+		if res.StatusCode != test.wantCode || !strings.Contains(string(body), test.wantBody) {
+			t.Errorf("GET %s = %d %q, want %d containing %q", test.path, res.StatusCode, body, test.wantCode, test.wantBody)
+		}
+	}
+	// With the database gone, the process is alive but not ready.
+	db.Pool.Close()
+	res, err := http.Get(srv.URL + "/readyz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	if res.StatusCode != http.StatusServiceUnavailable {
+		t.Errorf("/readyz with the pool closed = %d, want 503", res.StatusCode)
 	}
 }
