@@ -60,7 +60,7 @@ die() {
 }
 
 usage() {
-	sed -n '2,12p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+	sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
 	exit 2
 }
 
@@ -215,9 +215,10 @@ postgres_start() {
 	if pg_ready; then
 		if [ "$changed" = 1 ]; then
 			log "postgres: settings changed; restarting cluster $v/$PG_CLUSTER"
-			as_root pg_ctlcluster "$v" "$PG_CLUSTER" restart -m fast >&2 ||
+			as_root pg_ctlcluster "$v" "$PG_CLUSTER" restart -m fast >&2 9>&- ||
 				{ log_tail "$(pg_logfile "$v")"; die "postgres: restart failed, see $(pg_logfile "$v")"; }
-			if [ -f "$(pg_pidfile)" ]; then pg_running_pid "$v" >"$(pg_pidfile)"; fi
+			# deps.sh restarted it, so `down` may stop it.
+			pg_running_pid "$v" >"$(pg_pidfile)"
 		else
 			log "postgres: already up on $PG_HOST:$PG_PORT"
 		fi
@@ -225,7 +226,7 @@ postgres_start() {
 	fi
 	t0=$(date +%s)
 	log "postgres: starting cluster $v/$PG_CLUSTER on $PG_HOST:$PG_PORT (log: $(pg_logfile "$v"))"
-	as_root pg_ctlcluster "$v" "$PG_CLUSTER" start >&2 ||
+	as_root pg_ctlcluster "$v" "$PG_CLUSTER" start >&2 9>&- ||
 		{ log_tail "$(pg_logfile "$v")"; die "postgres: failed to start, see $(pg_logfile "$v")"; }
 	pg_running_pid "$v" >"$(pg_pidfile)"
 	log "postgres: started (pid $(read_pid "$(pg_pidfile)")) in $(since "$t0")s"
@@ -319,7 +320,7 @@ redis_start() {
 	log "redis: starting on $REDIS_HOST:$REDIS_PORT (log: $(redis_logfile))"
 	redis-server --bind "$REDIS_HOST" --port "$REDIS_PORT" --protected-mode yes \
 		--save '' --appendonly no \
-		--daemonize yes --pidfile "$(redis_pidfile)" --logfile "$(redis_logfile)" --dir "$DEPS/redis" >&2 ||
+		--daemonize yes --pidfile "$(redis_pidfile)" --logfile "$(redis_logfile)" --dir "$DEPS/redis" >&2 9>&- ||
 		{ log_tail "$(redis_logfile)"; die "redis: failed to start, see $(redis_logfile)"; }
 	REDIS_T0=$t0
 }
@@ -366,7 +367,7 @@ pulsar_install() {
 	# -DoutputDirectory is absolute: a relative one is resolved against deploy/pulsar, not the repo root.
 	local try
 	for try in 1 2; do
-		if mvn -q -B -s "$ROOT/deploy/pulsar/settings.xml" -f "$ROOT/deploy/pulsar/pom.xml" \
+		if mvn -q -B -Dstyle.color=never -s "$ROOT/deploy/pulsar/settings.xml" -f "$ROOT/deploy/pulsar/pom.xml" \
 			dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$lib.tmp" >&2; then
 			break
 		fi
@@ -430,6 +431,7 @@ pulsar_start() {
 	PULSAR_T0=$(date +%s)
 	(
 		cd "$PULSAR_DIR"
+		exec 9>&-
 		exec setsid nohup java "${opts[@]}" -cp "$PULSAR_DIR/lib/*" org.apache.pulsar.PulsarStandaloneStarter \
 			--config "$ROOT/deploy/pulsar/standalone.conf" -nfw -nss \
 			--metadata-dir "$PULSAR_DIR/data/metadata" \
@@ -443,7 +445,7 @@ pulsar_start() {
 pulsar_fail() {
 	log_tail "$(pulsar_logfile)" 60
 	log_tail "$(pulsar_outfile)" 20
-	die "pulsar: $1; logs: $(pulsar_logfile) and $(pulsar_outfile)"
+	die "pulsar: $1; logs: $(pulsar_logfile) and $(pulsar_outfile) (local data that will not load can be dropped with: rm -rf $PULSAR_DIR/data)"
 }
 
 pulsar_wait() {
@@ -552,6 +554,7 @@ jaeger_start() {
 	JAEGER_T0=$(date +%s)
 	(
 		cd "$DEPS/jaeger"
+		exec 9>&-
 		exec setsid nohup "$JAEGER_BIN" --config "$ROOT/deploy/jaeger/config.yaml" </dev/null >>"$(jaeger_logfile)" 2>&1
 	) &
 	echo $! >"$(jaeger_pidfile)"
@@ -613,10 +616,15 @@ services_for() { # services_for COMMAND [NAMES...]: sets SVCS to the validated s
 
 wanted() { [[ " ${SVCS[*]} " == *" $1 "* ]]; }
 
+# One up/down at a time. The services must not inherit the lock's descriptor (each start closes fd 9),
+# or a running service would hold the lock forever.
 lock() {
 	mkdir -p "$DEPS"
 	exec 9>"$DEPS/.lock"
-	flock -w 900 9 || die "another scripts/deps.sh is still running (lock $DEPS/.lock)"
+	if ! flock -n 9; then
+		log "waiting for another scripts/deps.sh up/down to finish (lock $DEPS/.lock)"
+		flock -w 900 9 || die "another scripts/deps.sh held $DEPS/.lock for 15 minutes"
+	fi
 }
 
 cmd_up() {
