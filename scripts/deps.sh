@@ -24,6 +24,7 @@
 #
 # Settings (environment):
 #   DEPS_JAEGER=1                    include jaeger in the default set
+#   DEPS_REDIS_PORT=6390             act on a separate Redis on that port (own pid/log files) instead of 6379
 #   DEPS_PULSAR_TIMEOUT=180          seconds to wait for Pulsar to answer
 #   DEPS_JAEGER_TIMEOUT=60           seconds to wait for Jaeger to answer
 #   PULSAR_STANDALONE_USE_ZOOKEEPER=1  run Pulsar's metadata on an in-process ZooKeeper instead of RocksDB
@@ -41,7 +42,9 @@ PG_PASSWORD=coredict
 PG_DB=coredict
 
 REDIS_HOST=127.0.0.1
-REDIS_PORT=6379
+# DEPS_REDIS_PORT starts a separate Redis (its own pid and log files) on another port, e.g. for the tests that
+# stop and start Redis to prove the fallbacks without disturbing the shared one on 6379.
+REDIS_PORT=${DEPS_REDIS_PORT:-6379}
 
 PULSAR_HOST=127.0.0.1
 PULSAR_PORT=6650
@@ -298,8 +301,8 @@ postgres_status() {
 # ---------------------------------------------------------------------------------------------------------
 # Redis: redis-server from Debian, daemonized, no persistence.
 
-redis_pidfile() { echo "$DEPS/redis/redis.pid"; }
-redis_logfile() { echo "$DEPS/redis/redis.log"; }
+redis_pidfile() { if [ "$REDIS_PORT" = 6379 ]; then echo "$DEPS/redis/redis.pid"; else echo "$DEPS/redis/redis-$REDIS_PORT.pid"; fi; }
+redis_logfile() { if [ "$REDIS_PORT" = 6379 ]; then echo "$DEPS/redis/redis.log"; else echo "$DEPS/redis/redis-$REDIS_PORT.log"; fi; }
 redis_ready() { [ "$(redis-cli -h "$REDIS_HOST" -p "$REDIS_PORT" ping 2>/dev/null)" = PONG ]; }
 
 redis_install() {
