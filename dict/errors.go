@@ -3,6 +3,7 @@ package dict
 import (
 	"errors"
 	"fmt"
+	"time"
 )
 
 // Kind classifies an [Error] so that transports can map it to a wire code in
@@ -82,6 +83,8 @@ type Error struct {
 	Field  string
 	Msg    string
 	Err    error
+	// RetryAfter tells a rate-limited caller when to try again.
+	RetryAfter time.Duration
 	// Violations lists further bad fields when one request has several.
 	// When set, it lists every bad field, the one in Field and Msg included,
 	// so a transport can name each in a google.rpc.BadRequest.

@@ -36,18 +36,58 @@ type ServiceConfig struct {
 	Now func() time.Time
 	// Logger receives use-case logs; slog.Default when nil.
 	Logger *slog.Logger
+	// Cache caches the PSP's own entries; nil reads and writes PostgreSQL only.
+	Cache EntryCache
+	// AntiScan charges lookups to the DICT's anti-scanning buckets; nil
+	// turns the policy off (only tests of other concerns do that).
+	AntiScan *AntiScan
+	// LookupCounter counts lookups per key (write-behind); may be nil.
+	LookupCounter LookupCounter
+	// Lookups remembers each lookup's end-to-end id for the payment credit;
+	// nil disables CreditPayment.
+	Lookups LookupLedger
+}
+
+// EntryCache caches this PSP's own entries: read-through on reads,
+// write-through on updates, write-around on creates and deletes. The
+// implementation guarantees that, once Put or Invalidate returns, this
+// instance never serves the older value again.
+type EntryCache interface {
+	// Get returns the cached entry of key, or load's result (cached) on a
+	// miss. When the cache fails it returns load's result.
+	Get(ctx context.Context, key string, load func(context.Context) (Entry, error)) (Entry, error)
+	// Put stores e after the database committed it; version orders writes
+	// so an older value never replaces a newer one.
+	Put(ctx context.Context, key string, e Entry, version int64)
+	// Invalidate drops key after the database committed its change.
+	Invalidate(ctx context.Context, key string)
+}
+
+// LookupCounter counts lookups per key for the anti-fraud statistics.
+type LookupCounter interface {
+	Incr(ctx context.Context, key string, n int64)
+}
+
+// LookupLedger remembers lookups by end-to-end id until their payment.
+type LookupLedger interface {
+	Put(ctx context.Context, endToEndID, value string) error
+	Take(ctx context.Context, endToEndID string) (string, bool, error)
 }
 
 // Service holds the use cases of core-dict. Each use case that changes state
 // is one PostgreSQL transaction holding the change, its audit row and its
 // outbox event.
 type Service struct {
-	pool   *pgxpool.Pool
-	q      *sqlc.Queries
-	topic  string
-	names  map[string]string
-	now    func() time.Time
-	logger *slog.Logger
+	cache    EntryCache
+	antiScan *AntiScan
+	counter  LookupCounter
+	lookups  LookupLedger
+	pool     *pgxpool.Pool
+	q        *sqlc.Queries
+	topic    string
+	names    map[string]string
+	now      func() time.Time
+	logger   *slog.Logger
 }
 
 // NewService returns a [Service] over cfg.Pool.
@@ -59,6 +99,11 @@ func NewService(cfg ServiceConfig) *Service {
 		names:  cfg.ParticipantNames,
 		now:    cfg.Now,
 		logger: cfg.Logger,
+
+		cache:    cfg.Cache,
+		antiScan: cfg.AntiScan,
+		counter:  cfg.LookupCounter,
+		lookups:  cfg.Lookups,
 	}
 	if s.topic == "" {
 		s.topic = "persistent://dict/events/key-events"
@@ -118,9 +163,10 @@ func (s *Service) CreateKey(ctx context.Context, c Caller, in CreateKeyInput) (E
 	e.CID = CID(reqID, e)
 
 	var out Entry
+	replayed := false
 	err = s.inTx(ctx, "create key", func(q *sqlc.Queries) error {
 		if prior, done, err := s.claimRequest(ctx, q, reqID, c.Participant, "CreateKey", fp); err != nil || done {
-			out = prior
+			out, replayed = prior, done
 			return err
 		}
 		if err := q.LockAccount(ctx, lockAccountParams(e.Account)); err != nil {
@@ -164,6 +210,9 @@ func (s *Service) CreateKey(ctx context.Context, c Caller, in CreateKeyInput) (E
 	}
 	if err != nil {
 		return Entry{}, err
+	}
+	if !replayed && s.cache != nil {
+		s.cache.Invalidate(ctx, out.Key)
 	}
 	s.logger.InfoContext(ctx, "key created", "key", MaskForLog(out.Key), "key_type", out.KeyType.String(), "participant", c.Participant)
 	return out, nil
@@ -261,14 +310,35 @@ func (s *Service) GetKey(ctx context.Context, c Caller, t KeyType, key string) (
 	if err != nil {
 		return Entry{}, err
 	}
-	row, err := s.q.GetOwnEntry(ctx, sqlc.GetOwnEntryParams{Key: k, Participant: c.Participant})
-	if errors.Is(err, pgx.ErrNoRows) {
-		return Entry{}, E(KindNotFound, ReasonEntryNotFound, "no entry for this key at the caller's participant")
-	}
+	e, err := s.entry(ctx, k)
 	if err != nil {
-		return Entry{}, dbError("get key", err)
+		return Entry{}, err
 	}
-	return entryFromRow(row), nil
+	if e.Account.Participant != c.Participant {
+		return Entry{}, errNoOwnEntry
+	}
+	return e, nil
+}
+
+var errNoOwnEntry = E(KindNotFound, ReasonEntryNotFound, "no entry for this key at the caller's participant")
+
+// entry reads one of this PSP's entries (any participant it serves),
+// through the read-through cache when there is one.
+func (s *Service) entry(ctx context.Context, key string) (Entry, error) {
+	load := func(ctx context.Context) (Entry, error) {
+		row, err := s.q.GetEntry(ctx, key)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return Entry{}, errNoOwnEntry
+		}
+		if err != nil {
+			return Entry{}, dbError("get key", err)
+		}
+		return entryFromRow(row), nil
+	}
+	if s.cache == nil {
+		return load(ctx)
+	}
+	return s.cache.Get(ctx, key, load)
 }
 
 // ListKeysInput filters and pages ListKeys. With an account (branch, number
@@ -383,9 +453,10 @@ func (s *Service) UpdateKey(ctx context.Context, c Caller, in UpdateKeyInput) (E
 	}{key, acc, in.Owner, in.Reason})
 
 	var out Entry
+	replayed := false
 	err = s.inTx(ctx, "update key", func(q *sqlc.Queries) error {
 		if prior, done, err := s.claimRequest(ctx, q, reqID, c.Participant, "UpdateKey", fp); err != nil || done {
-			out = prior
+			out, replayed = prior, done
 			return err
 		}
 		row, err := q.GetEntryForUpdate(ctx, key)
@@ -451,6 +522,9 @@ func (s *Service) UpdateKey(ctx context.Context, c Caller, in UpdateKeyInput) (E
 	if err != nil {
 		return Entry{}, err
 	}
+	if !replayed && s.cache != nil {
+		s.cache.Put(ctx, out.Key, out, out.UpdatedAt.UnixNano())
+	}
 	return out, nil
 }
 
@@ -483,9 +557,10 @@ func (s *Service) DeleteKey(ctx context.Context, c Caller, in DeleteKeyInput) (E
 		Reason Reason
 	}{key, in.Reason})
 	var out Entry
+	replayed := false
 	err = s.inTx(ctx, "delete key", func(q *sqlc.Queries) error {
 		if prior, done, err := s.claimRequest(ctx, q, reqID, c.Participant, "DeleteKey", fp); err != nil || done {
-			out = prior
+			out, replayed = prior, done
 			return err
 		}
 		row, err := q.GetEntryForUpdate(ctx, key)
@@ -519,6 +594,9 @@ func (s *Service) DeleteKey(ctx context.Context, c Caller, in DeleteKeyInput) (E
 	if err != nil {
 		return Entry{}, err
 	}
+	if !replayed && s.cache != nil {
+		s.cache.Invalidate(ctx, out.Key)
+	}
 	return out, nil
 }
 
@@ -547,20 +625,39 @@ func (s *Service) LookupKey(ctx context.Context, c Caller, in LookupInput) (Entr
 	if err != nil {
 		return Entry{}, PayerView{}, err
 	}
-	if _, _, err := NormalizeTaxIDAnyType("payer_id", in.PayerID); err != nil {
+	payerType, payerID, err := NormalizeTaxIDAnyType("payer_id", in.PayerID)
+	if err != nil {
 		return Entry{}, PayerView{}, err
 	}
 	if err := ValidateEndToEndID(in.EndToEndID, c.Participant); err != nil {
 		return Entry{}, PayerView{}, err
 	}
-	row, err := s.q.GetOwnEntry(ctx, sqlc.GetOwnEntryParams{Key: key, Participant: c.Participant})
-	if errors.Is(err, pgx.ErrNoRows) {
+	if s.antiScan != nil {
+		if err := s.antiScan.Admit(ctx, c.Participant, payerType, payerID); err != nil {
+			return Entry{}, PayerView{}, err
+		}
+	}
+	e, err := s.entry(ctx, key)
+	if errors.Is(err, errNoOwnEntry) || (err == nil && e.Account.Participant != c.Participant) {
 		return Entry{}, PayerView{}, errDirectoryNotWired
 	}
 	if err != nil {
-		return Entry{}, PayerView{}, dbError("lookup key", err)
+		return Entry{}, PayerView{}, err
 	}
-	e := entryFromRow(row)
+	if s.antiScan != nil {
+		if err := s.antiScan.Settle(ctx, c.Participant, payerType, payerID, true); err != nil {
+			return Entry{}, PayerView{}, err
+		}
+	}
+	if s.counter != nil {
+		s.counter.Incr(ctx, e.Key, 1)
+	}
+	if s.lookups != nil {
+		// Best effort: without it, the payment that follows earns no credit.
+		if err := s.lookups.Put(ctx, c.Participant+":"+in.EndToEndID, payerID); err != nil {
+			s.logger.WarnContext(ctx, "lookup not remembered for the payment credit", "err", err)
+		}
+	}
 	return e, PayerView{
 		Key:             e.Key,
 		Name:            e.Owner.Name,
@@ -568,6 +665,65 @@ func (s *Service) LookupKey(ctx context.Context, c Caller, in LookupInput) (Entr
 		TaxIDMasked:     MaskTaxIDForPayer(e.Owner.TaxID),
 		ParticipantName: s.names[e.Account.Participant],
 	}, nil
+}
+
+// CreditPayment credits the anti-scanning buckets for a payment sent after
+// a lookup. Only a lookup this service answered, for the same payer, earns
+// a credit, and only once: otherwise crediting would refill the buckets
+// that guard against scanning.
+func (s *Service) CreditPayment(ctx context.Context, c Caller, payerID, endToEndID string) (bool, error) {
+	payerType, payer, err := NormalizeTaxIDAnyType("payer_id", payerID)
+	if err != nil {
+		return false, err
+	}
+	if err := ValidateEndToEndID(endToEndID, c.Participant); err != nil {
+		return false, err
+	}
+	if s.lookups == nil || s.antiScan == nil {
+		return false, E(KindUnavailable, ReasonUnavailable, "payment credits are not available on this instance")
+	}
+	looked, ok, err := s.lookups.Take(ctx, c.Participant+":"+endToEndID)
+	if err != nil {
+		return false, &Error{Kind: KindUnavailable, Reason: ReasonUnavailable, Msg: "payment credits are unavailable; retry later", Err: err}
+	}
+	if !ok || looked != payer {
+		return false, nil
+	}
+	if err := s.antiScan.CreditPayment(ctx, c.Participant, payerType, payer); err != nil {
+		return false, err
+	}
+	return true, nil
+}
+
+// ApplyLookupCounts adds one batch of per-key lookup counts to PostgreSQL,
+// once per batch id (the write-behind counter's flush).
+func (s *Service) ApplyLookupCounts(ctx context.Context, batchID string, counts map[string]int64) error {
+	keys := make([]string, 0, len(counts))
+	ns := make([]int64, 0, len(counts))
+	for k, n := range counts {
+		keys = append(keys, k)
+		ns = append(ns, n)
+	}
+	now := s.now().UTC()
+	return s.inTx(ctx, "apply lookup counts", func(q *sqlc.Queries) error {
+		n, err := q.ClaimLookupBatch(ctx, sqlc.ClaimLookupBatchParams{BatchID: batchID, AppliedAt: now})
+		if err != nil || n == 0 {
+			return err
+		}
+		return q.AddLookupCounts(ctx, sqlc.AddLookupCountsParams{Keys: keys, Counts: ns, At: now})
+	})
+}
+
+// LookupCount is how many lookups of key have been flushed to PostgreSQL.
+func (s *Service) LookupCount(ctx context.Context, key string) (int64, error) {
+	n, err := s.q.GetLookupCount(ctx, key)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, dbError("lookup count", err)
+	}
+	return n, nil
 }
 
 // errDirectoryNotWired answers requests that need the central DICT.

@@ -57,6 +57,7 @@ var procedureScopes = map[string]string{
 	"/dict.v1.CoreDictService/GetSyncStatus":    ScopeRead,
 	"/dict.v1.CoreDictService/LookupKey":        ScopeLookup,
 	"/dict.v1.CoreDictService/CheckKeys":        ScopeLookup,
+	"/dict.v1.CoreDictService/CreditPayment":    ScopeLookup,
 	"/dict.v1.CoreDictService/CreateClaim":      ScopeClaims,
 	"/dict.v1.CoreDictService/GetClaim":         ScopeClaims,
 	"/dict.v1.CoreDictService/ListClaims":       ScopeClaims,

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"log/slog"
-	"time"
 
 	"connectrpc.com/connect"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
@@ -29,10 +28,6 @@ var codeOf = map[dict.Kind]connect.Code{
 	dict.KindUnimplemented:    connect.CodeUnimplemented,
 	dict.KindInternal:         connect.CodeInternal,
 }
-
-// RetryAfter may be carried by a rate-limited domain error to fill the
-// google.rpc.RetryInfo detail.
-type RetryAfter interface{ RetryAfter() time.Duration }
 
 // toConnect converts a domain error to a Connect error with the details
 // API.md promises: ErrorInfo always, BadRequest for invalid input, RetryInfo
@@ -86,9 +81,8 @@ func toConnect(ctx context.Context, logger *slog.Logger, procedure string, err e
 		}
 		addDetail(out, br)
 	}
-	var ra RetryAfter
-	if code == connect.CodeResourceExhausted && errors.As(err, &ra) {
-		addDetail(out, &errdetails.RetryInfo{RetryDelay: durationpb.New(ra.RetryAfter())})
+	if code == connect.CodeResourceExhausted {
+		addDetail(out, &errdetails.RetryInfo{RetryDelay: durationpb.New(de.RetryAfter)})
 	}
 	return out
 }

@@ -185,6 +185,19 @@ func (h *Handler) CheckKeys(ctx context.Context, req *dictv1.CheckKeysRequest) (
 	return out, nil
 }
 
+// CreditPayment implements dict.v1.CoreDictService.CreditPayment.
+func (h *Handler) CreditPayment(ctx context.Context, req *dictv1.CreditPaymentRequest) (*dictv1.CreditPaymentResponse, error) {
+	c, err := caller(ctx)
+	if err != nil {
+		return nil, err
+	}
+	ok, err := h.svc.CreditPayment(ctx, c, req.GetPayerId(), req.GetEndToEndId())
+	if err != nil {
+		return nil, h.fail(ctx, dictv1connect.CoreDictServiceCreditPaymentProcedure, err)
+	}
+	return &dictv1.CreditPaymentResponse{Credited: ok}, nil
+}
+
 // GetSyncStatus implements dict.v1.CoreDictService.GetSyncStatus.
 func (h *Handler) GetSyncStatus(ctx context.Context, _ *dictv1.GetSyncStatusRequest) (*dictv1.GetSyncStatusResponse, error) {
 	c, err := caller(ctx)

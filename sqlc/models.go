@@ -62,6 +62,17 @@ type Entry struct {
 	CidW3           int64
 }
 
+type KeyLookupStat struct {
+	Key         string
+	Lookups     int64
+	LastFlushAt time.Time
+}
+
+type LookupStatBatch struct {
+	BatchID   string
+	AppliedAt time.Time
+}
+
 type Outbox struct {
 	ID            uuid.UUID
 	CreatedAt     time.Time

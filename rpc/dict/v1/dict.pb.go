@@ -1898,6 +1898,106 @@ func (x *CheckKeysResponse) GetKeys() []*KeyExistence {
 	return nil
 }
 
+type CreditPaymentRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The payer's CPF or CNPJ, as sent with the lookup.
+	PayerId string `protobuf:"bytes,1,opt,name=payer_id,json=payerId,proto3" json:"payer_id,omitempty"`
+	// The end-to-end id of the lookup that preceded the payment.
+	EndToEndId    string `protobuf:"bytes,2,opt,name=end_to_end_id,json=endToEndId,proto3" json:"end_to_end_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreditPaymentRequest) Reset() {
+	*x = CreditPaymentRequest{}
+	mi := &file_dict_v1_dict_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreditPaymentRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreditPaymentRequest) ProtoMessage() {}
+
+func (x *CreditPaymentRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_dict_v1_dict_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreditPaymentRequest.ProtoReflect.Descriptor instead.
+func (*CreditPaymentRequest) Descriptor() ([]byte, []int) {
+	return file_dict_v1_dict_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *CreditPaymentRequest) GetPayerId() string {
+	if x != nil {
+		return x.PayerId
+	}
+	return ""
+}
+
+func (x *CreditPaymentRequest) GetEndToEndId() string {
+	if x != nil {
+		return x.EndToEndId
+	}
+	return ""
+}
+
+type CreditPaymentResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// False when no lookup with this end_to_end_id and payer is known (never
+	// looked up, already credited, or older than the credit window).
+	Credited      bool `protobuf:"varint,1,opt,name=credited,proto3" json:"credited,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreditPaymentResponse) Reset() {
+	*x = CreditPaymentResponse{}
+	mi := &file_dict_v1_dict_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreditPaymentResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreditPaymentResponse) ProtoMessage() {}
+
+func (x *CreditPaymentResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_dict_v1_dict_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreditPaymentResponse.ProtoReflect.Descriptor instead.
+func (*CreditPaymentResponse) Descriptor() ([]byte, []int) {
+	return file_dict_v1_dict_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *CreditPaymentResponse) GetCredited() bool {
+	if x != nil {
+		return x.Credited
+	}
+	return false
+}
+
 type CreateClaimRequest struct {
 	state          protoimpl.MessageState `protogen:"open.v1"`
 	RequestId      string                 `protobuf:"bytes,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
@@ -1912,7 +2012,7 @@ type CreateClaimRequest struct {
 
 func (x *CreateClaimRequest) Reset() {
 	*x = CreateClaimRequest{}
-	mi := &file_dict_v1_dict_proto_msgTypes[21]
+	mi := &file_dict_v1_dict_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1924,7 +2024,7 @@ func (x *CreateClaimRequest) String() string {
 func (*CreateClaimRequest) ProtoMessage() {}
 
 func (x *CreateClaimRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_dict_v1_dict_proto_msgTypes[21]
+	mi := &file_dict_v1_dict_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1937,7 +2037,7 @@ func (x *CreateClaimRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateClaimRequest.ProtoReflect.Descriptor instead.
 func (*CreateClaimRequest) Descriptor() ([]byte, []int) {
-	return file_dict_v1_dict_proto_rawDescGZIP(), []int{21}
+	return file_dict_v1_dict_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *CreateClaimRequest) GetRequestId() string {
@@ -1991,7 +2091,7 @@ type CreateClaimResponse struct {
 
 func (x *CreateClaimResponse) Reset() {
 	*x = CreateClaimResponse{}
-	mi := &file_dict_v1_dict_proto_msgTypes[22]
+	mi := &file_dict_v1_dict_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2003,7 +2103,7 @@ func (x *CreateClaimResponse) String() string {
 func (*CreateClaimResponse) ProtoMessage() {}
 
 func (x *CreateClaimResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_dict_v1_dict_proto_msgTypes[22]
+	mi := &file_dict_v1_dict_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2016,7 +2116,7 @@ func (x *CreateClaimResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateClaimResponse.ProtoReflect.Descriptor instead.
 func (*CreateClaimResponse) Descriptor() ([]byte, []int) {
-	return file_dict_v1_dict_proto_rawDescGZIP(), []int{22}
+	return file_dict_v1_dict_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *CreateClaimResponse) GetClaim() *Claim {
@@ -2035,7 +2135,7 @@ type GetClaimRequest struct {
 
 func (x *GetClaimRequest) Reset() {
 	*x = GetClaimRequest{}
-	mi := &file_dict_v1_dict_proto_msgTypes[23]
+	mi := &file_dict_v1_dict_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2047,7 +2147,7 @@ func (x *GetClaimRequest) String() string {
 func (*GetClaimRequest) ProtoMessage() {}
 
 func (x *GetClaimRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_dict_v1_dict_proto_msgTypes[23]
+	mi := &file_dict_v1_dict_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2060,7 +2160,7 @@ func (x *GetClaimRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetClaimRequest.ProtoReflect.Descriptor instead.
 func (*GetClaimRequest) Descriptor() ([]byte, []int) {
-	return file_dict_v1_dict_proto_rawDescGZIP(), []int{23}
+	return file_dict_v1_dict_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *GetClaimRequest) GetId() string {
@@ -2079,7 +2179,7 @@ type GetClaimResponse struct {
 
 func (x *GetClaimResponse) Reset() {
 	*x = GetClaimResponse{}
-	mi := &file_dict_v1_dict_proto_msgTypes[24]
+	mi := &file_dict_v1_dict_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2091,7 +2191,7 @@ func (x *GetClaimResponse) String() string {
 func (*GetClaimResponse) ProtoMessage() {}
 
 func (x *GetClaimResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_dict_v1_dict_proto_msgTypes[24]
+	mi := &file_dict_v1_dict_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2104,7 +2204,7 @@ func (x *GetClaimResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetClaimResponse.ProtoReflect.Descriptor instead.
 func (*GetClaimResponse) Descriptor() ([]byte, []int) {
-	return file_dict_v1_dict_proto_rawDescGZIP(), []int{24}
+	return file_dict_v1_dict_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *GetClaimResponse) GetClaim() *Claim {
@@ -2127,7 +2227,7 @@ type ListClaimsRequest struct {
 
 func (x *ListClaimsRequest) Reset() {
 	*x = ListClaimsRequest{}
-	mi := &file_dict_v1_dict_proto_msgTypes[25]
+	mi := &file_dict_v1_dict_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2139,7 +2239,7 @@ func (x *ListClaimsRequest) String() string {
 func (*ListClaimsRequest) ProtoMessage() {}
 
 func (x *ListClaimsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_dict_v1_dict_proto_msgTypes[25]
+	mi := &file_dict_v1_dict_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2152,7 +2252,7 @@ func (x *ListClaimsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListClaimsRequest.ProtoReflect.Descriptor instead.
 func (*ListClaimsRequest) Descriptor() ([]byte, []int) {
-	return file_dict_v1_dict_proto_rawDescGZIP(), []int{25}
+	return file_dict_v1_dict_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ListClaimsRequest) GetAsDonor() bool {
@@ -2200,7 +2300,7 @@ type ListClaimsResponse struct {
 
 func (x *ListClaimsResponse) Reset() {
 	*x = ListClaimsResponse{}
-	mi := &file_dict_v1_dict_proto_msgTypes[26]
+	mi := &file_dict_v1_dict_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2212,7 +2312,7 @@ func (x *ListClaimsResponse) String() string {
 func (*ListClaimsResponse) ProtoMessage() {}
 
 func (x *ListClaimsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_dict_v1_dict_proto_msgTypes[26]
+	mi := &file_dict_v1_dict_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2225,7 +2325,7 @@ func (x *ListClaimsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListClaimsResponse.ProtoReflect.Descriptor instead.
 func (*ListClaimsResponse) Descriptor() ([]byte, []int) {
-	return file_dict_v1_dict_proto_rawDescGZIP(), []int{26}
+	return file_dict_v1_dict_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *ListClaimsResponse) GetClaims() []*Claim {
@@ -2251,7 +2351,7 @@ type AcknowledgeClaimRequest struct {
 
 func (x *AcknowledgeClaimRequest) Reset() {
 	*x = AcknowledgeClaimRequest{}
-	mi := &file_dict_v1_dict_proto_msgTypes[27]
+	mi := &file_dict_v1_dict_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2263,7 +2363,7 @@ func (x *AcknowledgeClaimRequest) String() string {
 func (*AcknowledgeClaimRequest) ProtoMessage() {}
 
 func (x *AcknowledgeClaimRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_dict_v1_dict_proto_msgTypes[27]
+	mi := &file_dict_v1_dict_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2276,7 +2376,7 @@ func (x *AcknowledgeClaimRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AcknowledgeClaimRequest.ProtoReflect.Descriptor instead.
 func (*AcknowledgeClaimRequest) Descriptor() ([]byte, []int) {
-	return file_dict_v1_dict_proto_rawDescGZIP(), []int{27}
+	return file_dict_v1_dict_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *AcknowledgeClaimRequest) GetId() string {
@@ -2295,7 +2395,7 @@ type AcknowledgeClaimResponse struct {
 
 func (x *AcknowledgeClaimResponse) Reset() {
 	*x = AcknowledgeClaimResponse{}
-	mi := &file_dict_v1_dict_proto_msgTypes[28]
+	mi := &file_dict_v1_dict_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2307,7 +2407,7 @@ func (x *AcknowledgeClaimResponse) String() string {
 func (*AcknowledgeClaimResponse) ProtoMessage() {}
 
 func (x *AcknowledgeClaimResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_dict_v1_dict_proto_msgTypes[28]
+	mi := &file_dict_v1_dict_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2320,7 +2420,7 @@ func (x *AcknowledgeClaimResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AcknowledgeClaimResponse.ProtoReflect.Descriptor instead.
 func (*AcknowledgeClaimResponse) Descriptor() ([]byte, []int) {
-	return file_dict_v1_dict_proto_rawDescGZIP(), []int{28}
+	return file_dict_v1_dict_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *AcknowledgeClaimResponse) GetClaim() *Claim {
@@ -2340,7 +2440,7 @@ type ConfirmClaimRequest struct {
 
 func (x *ConfirmClaimRequest) Reset() {
 	*x = ConfirmClaimRequest{}
-	mi := &file_dict_v1_dict_proto_msgTypes[29]
+	mi := &file_dict_v1_dict_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2352,7 +2452,7 @@ func (x *ConfirmClaimRequest) String() string {
 func (*ConfirmClaimRequest) ProtoMessage() {}
 
 func (x *ConfirmClaimRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_dict_v1_dict_proto_msgTypes[29]
+	mi := &file_dict_v1_dict_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2365,7 +2465,7 @@ func (x *ConfirmClaimRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConfirmClaimRequest.ProtoReflect.Descriptor instead.
 func (*ConfirmClaimRequest) Descriptor() ([]byte, []int) {
-	return file_dict_v1_dict_proto_rawDescGZIP(), []int{29}
+	return file_dict_v1_dict_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ConfirmClaimRequest) GetId() string {
@@ -2391,7 +2491,7 @@ type ConfirmClaimResponse struct {
 
 func (x *ConfirmClaimResponse) Reset() {
 	*x = ConfirmClaimResponse{}
-	mi := &file_dict_v1_dict_proto_msgTypes[30]
+	mi := &file_dict_v1_dict_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2403,7 +2503,7 @@ func (x *ConfirmClaimResponse) String() string {
 func (*ConfirmClaimResponse) ProtoMessage() {}
 
 func (x *ConfirmClaimResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_dict_v1_dict_proto_msgTypes[30]
+	mi := &file_dict_v1_dict_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2416,7 +2516,7 @@ func (x *ConfirmClaimResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConfirmClaimResponse.ProtoReflect.Descriptor instead.
 func (*ConfirmClaimResponse) Descriptor() ([]byte, []int) {
-	return file_dict_v1_dict_proto_rawDescGZIP(), []int{30}
+	return file_dict_v1_dict_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *ConfirmClaimResponse) GetClaim() *Claim {
@@ -2436,7 +2536,7 @@ type CancelClaimRequest struct {
 
 func (x *CancelClaimRequest) Reset() {
 	*x = CancelClaimRequest{}
-	mi := &file_dict_v1_dict_proto_msgTypes[31]
+	mi := &file_dict_v1_dict_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2448,7 +2548,7 @@ func (x *CancelClaimRequest) String() string {
 func (*CancelClaimRequest) ProtoMessage() {}
 
 func (x *CancelClaimRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_dict_v1_dict_proto_msgTypes[31]
+	mi := &file_dict_v1_dict_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2461,7 +2561,7 @@ func (x *CancelClaimRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelClaimRequest.ProtoReflect.Descriptor instead.
 func (*CancelClaimRequest) Descriptor() ([]byte, []int) {
-	return file_dict_v1_dict_proto_rawDescGZIP(), []int{31}
+	return file_dict_v1_dict_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *CancelClaimRequest) GetId() string {
@@ -2487,7 +2587,7 @@ type CancelClaimResponse struct {
 
 func (x *CancelClaimResponse) Reset() {
 	*x = CancelClaimResponse{}
-	mi := &file_dict_v1_dict_proto_msgTypes[32]
+	mi := &file_dict_v1_dict_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2499,7 +2599,7 @@ func (x *CancelClaimResponse) String() string {
 func (*CancelClaimResponse) ProtoMessage() {}
 
 func (x *CancelClaimResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_dict_v1_dict_proto_msgTypes[32]
+	mi := &file_dict_v1_dict_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2512,7 +2612,7 @@ func (x *CancelClaimResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelClaimResponse.ProtoReflect.Descriptor instead.
 func (*CancelClaimResponse) Descriptor() ([]byte, []int) {
-	return file_dict_v1_dict_proto_rawDescGZIP(), []int{32}
+	return file_dict_v1_dict_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *CancelClaimResponse) GetClaim() *Claim {
@@ -2532,7 +2632,7 @@ type CompleteClaimRequest struct {
 
 func (x *CompleteClaimRequest) Reset() {
 	*x = CompleteClaimRequest{}
-	mi := &file_dict_v1_dict_proto_msgTypes[33]
+	mi := &file_dict_v1_dict_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2544,7 +2644,7 @@ func (x *CompleteClaimRequest) String() string {
 func (*CompleteClaimRequest) ProtoMessage() {}
 
 func (x *CompleteClaimRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_dict_v1_dict_proto_msgTypes[33]
+	mi := &file_dict_v1_dict_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2557,7 +2657,7 @@ func (x *CompleteClaimRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompleteClaimRequest.ProtoReflect.Descriptor instead.
 func (*CompleteClaimRequest) Descriptor() ([]byte, []int) {
-	return file_dict_v1_dict_proto_rawDescGZIP(), []int{33}
+	return file_dict_v1_dict_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *CompleteClaimRequest) GetId() string {
@@ -2583,7 +2683,7 @@ type CompleteClaimResponse struct {
 
 func (x *CompleteClaimResponse) Reset() {
 	*x = CompleteClaimResponse{}
-	mi := &file_dict_v1_dict_proto_msgTypes[34]
+	mi := &file_dict_v1_dict_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2595,7 +2695,7 @@ func (x *CompleteClaimResponse) String() string {
 func (*CompleteClaimResponse) ProtoMessage() {}
 
 func (x *CompleteClaimResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_dict_v1_dict_proto_msgTypes[34]
+	mi := &file_dict_v1_dict_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2608,7 +2708,7 @@ func (x *CompleteClaimResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompleteClaimResponse.ProtoReflect.Descriptor instead.
 func (*CompleteClaimResponse) Descriptor() ([]byte, []int) {
-	return file_dict_v1_dict_proto_rawDescGZIP(), []int{34}
+	return file_dict_v1_dict_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *CompleteClaimResponse) GetClaim() *Claim {
@@ -2626,7 +2726,7 @@ type GetSyncStatusRequest struct {
 
 func (x *GetSyncStatusRequest) Reset() {
 	*x = GetSyncStatusRequest{}
-	mi := &file_dict_v1_dict_proto_msgTypes[35]
+	mi := &file_dict_v1_dict_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2638,7 +2738,7 @@ func (x *GetSyncStatusRequest) String() string {
 func (*GetSyncStatusRequest) ProtoMessage() {}
 
 func (x *GetSyncStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_dict_v1_dict_proto_msgTypes[35]
+	mi := &file_dict_v1_dict_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2651,7 +2751,7 @@ func (x *GetSyncStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSyncStatusRequest.ProtoReflect.Descriptor instead.
 func (*GetSyncStatusRequest) Descriptor() ([]byte, []int) {
-	return file_dict_v1_dict_proto_rawDescGZIP(), []int{35}
+	return file_dict_v1_dict_proto_rawDescGZIP(), []int{37}
 }
 
 type GetSyncStatusResponse struct {
@@ -2663,7 +2763,7 @@ type GetSyncStatusResponse struct {
 
 func (x *GetSyncStatusResponse) Reset() {
 	*x = GetSyncStatusResponse{}
-	mi := &file_dict_v1_dict_proto_msgTypes[36]
+	mi := &file_dict_v1_dict_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2675,7 +2775,7 @@ func (x *GetSyncStatusResponse) String() string {
 func (*GetSyncStatusResponse) ProtoMessage() {}
 
 func (x *GetSyncStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_dict_v1_dict_proto_msgTypes[36]
+	mi := &file_dict_v1_dict_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2688,7 +2788,7 @@ func (x *GetSyncStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSyncStatusResponse.ProtoReflect.Descriptor instead.
 func (*GetSyncStatusResponse) Descriptor() ([]byte, []int) {
-	return file_dict_v1_dict_proto_rawDescGZIP(), []int{36}
+	return file_dict_v1_dict_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *GetSyncStatusResponse) GetStatuses() []*SyncStatus {
@@ -2821,7 +2921,13 @@ const file_dict_v1_dict_proto_rawDesc = "" +
 	"\x10CheckKeysRequest\x12\x12\n" +
 	"\x04keys\x18\x01 \x03(\tR\x04keys\">\n" +
 	"\x11CheckKeysResponse\x12)\n" +
-	"\x04keys\x18\x01 \x03(\v2\x15.dict.v1.KeyExistenceR\x04keys\"\xff\x01\n" +
+	"\x04keys\x18\x01 \x03(\v2\x15.dict.v1.KeyExistenceR\x04keys\"T\n" +
+	"\x14CreditPaymentRequest\x12\x19\n" +
+	"\bpayer_id\x18\x01 \x01(\tR\apayerId\x12!\n" +
+	"\rend_to_end_id\x18\x02 \x01(\tR\n" +
+	"endToEndId\"3\n" +
+	"\x15CreditPaymentResponse\x12\x1a\n" +
+	"\bcredited\x18\x01 \x01(\bR\bcredited\"\xff\x01\n" +
 	"\x12CreateClaimRequest\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12&\n" +
@@ -2919,7 +3025,7 @@ const file_dict_v1_dict_proto_rawDesc = "" +
 	"\x17SYNC_RESULT_UNSPECIFIED\x10\x00\x12\x1b\n" +
 	"\x17SYNC_RESULT_NOT_CHECKED\x10\x01\x12\x15\n" +
 	"\x11SYNC_RESULT_MATCH\x10\x02\x12\x18\n" +
-	"\x14SYNC_RESULT_MISMATCH\x10\x032\xc3\b\n" +
+	"\x14SYNC_RESULT_MISMATCH\x10\x032\x93\t\n" +
 	"\x0fCoreDictService\x12B\n" +
 	"\tCreateKey\x12\x19.dict.v1.CreateKeyRequest\x1a\x1a.dict.v1.CreateKeyResponse\x129\n" +
 	"\x06GetKey\x12\x16.dict.v1.GetKeyRequest\x1a\x17.dict.v1.GetKeyResponse\x12?\n" +
@@ -2927,7 +3033,8 @@ const file_dict_v1_dict_proto_rawDesc = "" +
 	"\tUpdateKey\x12\x19.dict.v1.UpdateKeyRequest\x1a\x1a.dict.v1.UpdateKeyResponse\x12B\n" +
 	"\tDeleteKey\x12\x19.dict.v1.DeleteKeyRequest\x1a\x1a.dict.v1.DeleteKeyResponse\x12B\n" +
 	"\tLookupKey\x12\x19.dict.v1.LookupKeyRequest\x1a\x1a.dict.v1.LookupKeyResponse\x12B\n" +
-	"\tCheckKeys\x12\x19.dict.v1.CheckKeysRequest\x1a\x1a.dict.v1.CheckKeysResponse\x12H\n" +
+	"\tCheckKeys\x12\x19.dict.v1.CheckKeysRequest\x1a\x1a.dict.v1.CheckKeysResponse\x12N\n" +
+	"\rCreditPayment\x12\x1d.dict.v1.CreditPaymentRequest\x1a\x1e.dict.v1.CreditPaymentResponse\x12H\n" +
 	"\vCreateClaim\x12\x1b.dict.v1.CreateClaimRequest\x1a\x1c.dict.v1.CreateClaimResponse\x12?\n" +
 	"\bGetClaim\x12\x18.dict.v1.GetClaimRequest\x1a\x19.dict.v1.GetClaimResponse\x12E\n" +
 	"\n" +
@@ -2951,7 +3058,7 @@ func file_dict_v1_dict_proto_rawDescGZIP() []byte {
 }
 
 var file_dict_v1_dict_proto_enumTypes = make([]protoimpl.EnumInfo, 8)
-var file_dict_v1_dict_proto_msgTypes = make([]protoimpl.MessageInfo, 37)
+var file_dict_v1_dict_proto_msgTypes = make([]protoimpl.MessageInfo, 39)
 var file_dict_v1_dict_proto_goTypes = []any{
 	(KeyType)(0),                     // 0: dict.v1.KeyType
 	(AccountType)(0),                 // 1: dict.v1.AccountType
@@ -2982,47 +3089,49 @@ var file_dict_v1_dict_proto_goTypes = []any{
 	(*LookupKeyResponse)(nil),        // 26: dict.v1.LookupKeyResponse
 	(*CheckKeysRequest)(nil),         // 27: dict.v1.CheckKeysRequest
 	(*CheckKeysResponse)(nil),        // 28: dict.v1.CheckKeysResponse
-	(*CreateClaimRequest)(nil),       // 29: dict.v1.CreateClaimRequest
-	(*CreateClaimResponse)(nil),      // 30: dict.v1.CreateClaimResponse
-	(*GetClaimRequest)(nil),          // 31: dict.v1.GetClaimRequest
-	(*GetClaimResponse)(nil),         // 32: dict.v1.GetClaimResponse
-	(*ListClaimsRequest)(nil),        // 33: dict.v1.ListClaimsRequest
-	(*ListClaimsResponse)(nil),       // 34: dict.v1.ListClaimsResponse
-	(*AcknowledgeClaimRequest)(nil),  // 35: dict.v1.AcknowledgeClaimRequest
-	(*AcknowledgeClaimResponse)(nil), // 36: dict.v1.AcknowledgeClaimResponse
-	(*ConfirmClaimRequest)(nil),      // 37: dict.v1.ConfirmClaimRequest
-	(*ConfirmClaimResponse)(nil),     // 38: dict.v1.ConfirmClaimResponse
-	(*CancelClaimRequest)(nil),       // 39: dict.v1.CancelClaimRequest
-	(*CancelClaimResponse)(nil),      // 40: dict.v1.CancelClaimResponse
-	(*CompleteClaimRequest)(nil),     // 41: dict.v1.CompleteClaimRequest
-	(*CompleteClaimResponse)(nil),    // 42: dict.v1.CompleteClaimResponse
-	(*GetSyncStatusRequest)(nil),     // 43: dict.v1.GetSyncStatusRequest
-	(*GetSyncStatusResponse)(nil),    // 44: dict.v1.GetSyncStatusResponse
-	(*timestamppb.Timestamp)(nil),    // 45: google.protobuf.Timestamp
+	(*CreditPaymentRequest)(nil),     // 29: dict.v1.CreditPaymentRequest
+	(*CreditPaymentResponse)(nil),    // 30: dict.v1.CreditPaymentResponse
+	(*CreateClaimRequest)(nil),       // 31: dict.v1.CreateClaimRequest
+	(*CreateClaimResponse)(nil),      // 32: dict.v1.CreateClaimResponse
+	(*GetClaimRequest)(nil),          // 33: dict.v1.GetClaimRequest
+	(*GetClaimResponse)(nil),         // 34: dict.v1.GetClaimResponse
+	(*ListClaimsRequest)(nil),        // 35: dict.v1.ListClaimsRequest
+	(*ListClaimsResponse)(nil),       // 36: dict.v1.ListClaimsResponse
+	(*AcknowledgeClaimRequest)(nil),  // 37: dict.v1.AcknowledgeClaimRequest
+	(*AcknowledgeClaimResponse)(nil), // 38: dict.v1.AcknowledgeClaimResponse
+	(*ConfirmClaimRequest)(nil),      // 39: dict.v1.ConfirmClaimRequest
+	(*ConfirmClaimResponse)(nil),     // 40: dict.v1.ConfirmClaimResponse
+	(*CancelClaimRequest)(nil),       // 41: dict.v1.CancelClaimRequest
+	(*CancelClaimResponse)(nil),      // 42: dict.v1.CancelClaimResponse
+	(*CompleteClaimRequest)(nil),     // 43: dict.v1.CompleteClaimRequest
+	(*CompleteClaimResponse)(nil),    // 44: dict.v1.CompleteClaimResponse
+	(*GetSyncStatusRequest)(nil),     // 45: dict.v1.GetSyncStatusRequest
+	(*GetSyncStatusResponse)(nil),    // 46: dict.v1.GetSyncStatusResponse
+	(*timestamppb.Timestamp)(nil),    // 47: google.protobuf.Timestamp
 }
 var file_dict_v1_dict_proto_depIdxs = []int32{
 	1,  // 0: dict.v1.Account.type:type_name -> dict.v1.AccountType
-	45, // 1: dict.v1.Account.opened_at:type_name -> google.protobuf.Timestamp
+	47, // 1: dict.v1.Account.opened_at:type_name -> google.protobuf.Timestamp
 	2,  // 2: dict.v1.Owner.type:type_name -> dict.v1.OwnerType
 	0,  // 3: dict.v1.Entry.key_type:type_name -> dict.v1.KeyType
 	8,  // 4: dict.v1.Entry.account:type_name -> dict.v1.Account
 	9,  // 5: dict.v1.Entry.owner:type_name -> dict.v1.Owner
 	3,  // 6: dict.v1.Entry.status:type_name -> dict.v1.EntryStatus
-	45, // 7: dict.v1.Entry.created_at:type_name -> google.protobuf.Timestamp
-	45, // 8: dict.v1.Entry.key_owned_since:type_name -> google.protobuf.Timestamp
-	45, // 9: dict.v1.Entry.updated_at:type_name -> google.protobuf.Timestamp
+	47, // 7: dict.v1.Entry.created_at:type_name -> google.protobuf.Timestamp
+	47, // 8: dict.v1.Entry.key_owned_since:type_name -> google.protobuf.Timestamp
+	47, // 9: dict.v1.Entry.updated_at:type_name -> google.protobuf.Timestamp
 	4,  // 10: dict.v1.Claim.type:type_name -> dict.v1.ClaimType
 	5,  // 11: dict.v1.Claim.status:type_name -> dict.v1.ClaimStatus
 	0,  // 12: dict.v1.Claim.key_type:type_name -> dict.v1.KeyType
 	8,  // 13: dict.v1.Claim.claimer_account:type_name -> dict.v1.Account
 	9,  // 14: dict.v1.Claim.claimer:type_name -> dict.v1.Owner
-	45, // 15: dict.v1.Claim.resolution_period_end:type_name -> google.protobuf.Timestamp
-	45, // 16: dict.v1.Claim.completion_period_end:type_name -> google.protobuf.Timestamp
-	45, // 17: dict.v1.Claim.created_at:type_name -> google.protobuf.Timestamp
-	45, // 18: dict.v1.Claim.updated_at:type_name -> google.protobuf.Timestamp
+	47, // 15: dict.v1.Claim.resolution_period_end:type_name -> google.protobuf.Timestamp
+	47, // 16: dict.v1.Claim.completion_period_end:type_name -> google.protobuf.Timestamp
+	47, // 17: dict.v1.Claim.created_at:type_name -> google.protobuf.Timestamp
+	47, // 18: dict.v1.Claim.updated_at:type_name -> google.protobuf.Timestamp
 	6,  // 19: dict.v1.Claim.cancel_reason:type_name -> dict.v1.Reason
 	0,  // 20: dict.v1.SyncStatus.key_type:type_name -> dict.v1.KeyType
-	45, // 21: dict.v1.SyncStatus.last_check:type_name -> google.protobuf.Timestamp
+	47, // 21: dict.v1.SyncStatus.last_check:type_name -> google.protobuf.Timestamp
 	7,  // 22: dict.v1.SyncStatus.result:type_name -> dict.v1.SyncResult
 	0,  // 23: dict.v1.CreateKeyRequest.key_type:type_name -> dict.v1.KeyType
 	8,  // 24: dict.v1.CreateKeyRequest.account:type_name -> dict.v1.Account
@@ -3066,31 +3175,33 @@ var file_dict_v1_dict_proto_depIdxs = []int32{
 	23, // 62: dict.v1.CoreDictService.DeleteKey:input_type -> dict.v1.DeleteKeyRequest
 	25, // 63: dict.v1.CoreDictService.LookupKey:input_type -> dict.v1.LookupKeyRequest
 	27, // 64: dict.v1.CoreDictService.CheckKeys:input_type -> dict.v1.CheckKeysRequest
-	29, // 65: dict.v1.CoreDictService.CreateClaim:input_type -> dict.v1.CreateClaimRequest
-	31, // 66: dict.v1.CoreDictService.GetClaim:input_type -> dict.v1.GetClaimRequest
-	33, // 67: dict.v1.CoreDictService.ListClaims:input_type -> dict.v1.ListClaimsRequest
-	35, // 68: dict.v1.CoreDictService.AcknowledgeClaim:input_type -> dict.v1.AcknowledgeClaimRequest
-	37, // 69: dict.v1.CoreDictService.ConfirmClaim:input_type -> dict.v1.ConfirmClaimRequest
-	39, // 70: dict.v1.CoreDictService.CancelClaim:input_type -> dict.v1.CancelClaimRequest
-	41, // 71: dict.v1.CoreDictService.CompleteClaim:input_type -> dict.v1.CompleteClaimRequest
-	43, // 72: dict.v1.CoreDictService.GetSyncStatus:input_type -> dict.v1.GetSyncStatusRequest
-	16, // 73: dict.v1.CoreDictService.CreateKey:output_type -> dict.v1.CreateKeyResponse
-	18, // 74: dict.v1.CoreDictService.GetKey:output_type -> dict.v1.GetKeyResponse
-	20, // 75: dict.v1.CoreDictService.ListKeys:output_type -> dict.v1.ListKeysResponse
-	22, // 76: dict.v1.CoreDictService.UpdateKey:output_type -> dict.v1.UpdateKeyResponse
-	24, // 77: dict.v1.CoreDictService.DeleteKey:output_type -> dict.v1.DeleteKeyResponse
-	26, // 78: dict.v1.CoreDictService.LookupKey:output_type -> dict.v1.LookupKeyResponse
-	28, // 79: dict.v1.CoreDictService.CheckKeys:output_type -> dict.v1.CheckKeysResponse
-	30, // 80: dict.v1.CoreDictService.CreateClaim:output_type -> dict.v1.CreateClaimResponse
-	32, // 81: dict.v1.CoreDictService.GetClaim:output_type -> dict.v1.GetClaimResponse
-	34, // 82: dict.v1.CoreDictService.ListClaims:output_type -> dict.v1.ListClaimsResponse
-	36, // 83: dict.v1.CoreDictService.AcknowledgeClaim:output_type -> dict.v1.AcknowledgeClaimResponse
-	38, // 84: dict.v1.CoreDictService.ConfirmClaim:output_type -> dict.v1.ConfirmClaimResponse
-	40, // 85: dict.v1.CoreDictService.CancelClaim:output_type -> dict.v1.CancelClaimResponse
-	42, // 86: dict.v1.CoreDictService.CompleteClaim:output_type -> dict.v1.CompleteClaimResponse
-	44, // 87: dict.v1.CoreDictService.GetSyncStatus:output_type -> dict.v1.GetSyncStatusResponse
-	73, // [73:88] is the sub-list for method output_type
-	58, // [58:73] is the sub-list for method input_type
+	29, // 65: dict.v1.CoreDictService.CreditPayment:input_type -> dict.v1.CreditPaymentRequest
+	31, // 66: dict.v1.CoreDictService.CreateClaim:input_type -> dict.v1.CreateClaimRequest
+	33, // 67: dict.v1.CoreDictService.GetClaim:input_type -> dict.v1.GetClaimRequest
+	35, // 68: dict.v1.CoreDictService.ListClaims:input_type -> dict.v1.ListClaimsRequest
+	37, // 69: dict.v1.CoreDictService.AcknowledgeClaim:input_type -> dict.v1.AcknowledgeClaimRequest
+	39, // 70: dict.v1.CoreDictService.ConfirmClaim:input_type -> dict.v1.ConfirmClaimRequest
+	41, // 71: dict.v1.CoreDictService.CancelClaim:input_type -> dict.v1.CancelClaimRequest
+	43, // 72: dict.v1.CoreDictService.CompleteClaim:input_type -> dict.v1.CompleteClaimRequest
+	45, // 73: dict.v1.CoreDictService.GetSyncStatus:input_type -> dict.v1.GetSyncStatusRequest
+	16, // 74: dict.v1.CoreDictService.CreateKey:output_type -> dict.v1.CreateKeyResponse
+	18, // 75: dict.v1.CoreDictService.GetKey:output_type -> dict.v1.GetKeyResponse
+	20, // 76: dict.v1.CoreDictService.ListKeys:output_type -> dict.v1.ListKeysResponse
+	22, // 77: dict.v1.CoreDictService.UpdateKey:output_type -> dict.v1.UpdateKeyResponse
+	24, // 78: dict.v1.CoreDictService.DeleteKey:output_type -> dict.v1.DeleteKeyResponse
+	26, // 79: dict.v1.CoreDictService.LookupKey:output_type -> dict.v1.LookupKeyResponse
+	28, // 80: dict.v1.CoreDictService.CheckKeys:output_type -> dict.v1.CheckKeysResponse
+	30, // 81: dict.v1.CoreDictService.CreditPayment:output_type -> dict.v1.CreditPaymentResponse
+	32, // 82: dict.v1.CoreDictService.CreateClaim:output_type -> dict.v1.CreateClaimResponse
+	34, // 83: dict.v1.CoreDictService.GetClaim:output_type -> dict.v1.GetClaimResponse
+	36, // 84: dict.v1.CoreDictService.ListClaims:output_type -> dict.v1.ListClaimsResponse
+	38, // 85: dict.v1.CoreDictService.AcknowledgeClaim:output_type -> dict.v1.AcknowledgeClaimResponse
+	40, // 86: dict.v1.CoreDictService.ConfirmClaim:output_type -> dict.v1.ConfirmClaimResponse
+	42, // 87: dict.v1.CoreDictService.CancelClaim:output_type -> dict.v1.CancelClaimResponse
+	44, // 88: dict.v1.CoreDictService.CompleteClaim:output_type -> dict.v1.CompleteClaimResponse
+	46, // 89: dict.v1.CoreDictService.GetSyncStatus:output_type -> dict.v1.GetSyncStatusResponse
+	74, // [74:90] is the sub-list for method output_type
+	58, // [58:74] is the sub-list for method input_type
 	58, // [58:58] is the sub-list for extension type_name
 	58, // [58:58] is the sub-list for extension extendee
 	0,  // [0:58] is the sub-list for field type_name
@@ -3107,7 +3218,7 @@ func file_dict_v1_dict_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_dict_v1_dict_proto_rawDesc), len(file_dict_v1_dict_proto_rawDesc)),
 			NumEnums:      8,
-			NumMessages:   37,
+			NumMessages:   39,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -57,6 +57,9 @@ const (
 	// CoreDictServiceCheckKeysProcedure is the fully-qualified name of the CoreDictService's CheckKeys
 	// RPC.
 	CoreDictServiceCheckKeysProcedure = "/dict.v1.CoreDictService/CheckKeys"
+	// CoreDictServiceCreditPaymentProcedure is the fully-qualified name of the CoreDictService's
+	// CreditPayment RPC.
+	CoreDictServiceCreditPaymentProcedure = "/dict.v1.CoreDictService/CreditPayment"
 	// CoreDictServiceCreateClaimProcedure is the fully-qualified name of the CoreDictService's
 	// CreateClaim RPC.
 	CoreDictServiceCreateClaimProcedure = "/dict.v1.CoreDictService/CreateClaim"
@@ -99,6 +102,10 @@ type CoreDictServiceClient interface {
 	LookupKey(context.Context, *v1.LookupKeyRequest) (*v1.LookupKeyResponse, error)
 	// CheckKeys tells which of up to 200 keys have entries.
 	CheckKeys(context.Context, *v1.CheckKeysRequest) (*v1.CheckKeysResponse, error)
+	// CreditPayment tells the service that a payment was sent after a lookup,
+	// crediting the anti-scanning buckets (DOMAIN.md). Each lookup's
+	// end_to_end_id credits at most once.
+	CreditPayment(context.Context, *v1.CreditPaymentRequest) (*v1.CreditPaymentResponse, error)
 	// CreateClaim opens a portability or ownership claim.
 	CreateClaim(context.Context, *v1.CreateClaimRequest) (*v1.CreateClaimResponse, error)
 	// GetClaim returns a claim the caller takes part in.
@@ -170,6 +177,12 @@ func NewCoreDictServiceClient(httpClient connect.HTTPClient, baseURL string, opt
 			connect.WithSchema(coreDictServiceMethods.ByName("CheckKeys")),
 			connect.WithClientOptions(opts...),
 		),
+		creditPayment: connect.NewClient[v1.CreditPaymentRequest, v1.CreditPaymentResponse](
+			httpClient,
+			baseURL+CoreDictServiceCreditPaymentProcedure,
+			connect.WithSchema(coreDictServiceMethods.ByName("CreditPayment")),
+			connect.WithClientOptions(opts...),
+		),
 		createClaim: connect.NewClient[v1.CreateClaimRequest, v1.CreateClaimResponse](
 			httpClient,
 			baseURL+CoreDictServiceCreateClaimProcedure,
@@ -230,6 +243,7 @@ type coreDictServiceClient struct {
 	deleteKey        *connect.Client[v1.DeleteKeyRequest, v1.DeleteKeyResponse]
 	lookupKey        *connect.Client[v1.LookupKeyRequest, v1.LookupKeyResponse]
 	checkKeys        *connect.Client[v1.CheckKeysRequest, v1.CheckKeysResponse]
+	creditPayment    *connect.Client[v1.CreditPaymentRequest, v1.CreditPaymentResponse]
 	createClaim      *connect.Client[v1.CreateClaimRequest, v1.CreateClaimResponse]
 	getClaim         *connect.Client[v1.GetClaimRequest, v1.GetClaimResponse]
 	listClaims       *connect.Client[v1.ListClaimsRequest, v1.ListClaimsResponse]
@@ -297,6 +311,15 @@ func (c *coreDictServiceClient) LookupKey(ctx context.Context, req *v1.LookupKey
 // CheckKeys calls dict.v1.CoreDictService.CheckKeys.
 func (c *coreDictServiceClient) CheckKeys(ctx context.Context, req *v1.CheckKeysRequest) (*v1.CheckKeysResponse, error) {
 	response, err := c.checkKeys.CallUnary(ctx, connect.NewRequest(req))
+	if response != nil {
+		return response.Msg, err
+	}
+	return nil, err
+}
+
+// CreditPayment calls dict.v1.CoreDictService.CreditPayment.
+func (c *coreDictServiceClient) CreditPayment(ctx context.Context, req *v1.CreditPaymentRequest) (*v1.CreditPaymentResponse, error) {
+	response, err := c.creditPayment.CallUnary(ctx, connect.NewRequest(req))
 	if response != nil {
 		return response.Msg, err
 	}
@@ -391,6 +414,10 @@ type CoreDictServiceHandler interface {
 	LookupKey(context.Context, *v1.LookupKeyRequest) (*v1.LookupKeyResponse, error)
 	// CheckKeys tells which of up to 200 keys have entries.
 	CheckKeys(context.Context, *v1.CheckKeysRequest) (*v1.CheckKeysResponse, error)
+	// CreditPayment tells the service that a payment was sent after a lookup,
+	// crediting the anti-scanning buckets (DOMAIN.md). Each lookup's
+	// end_to_end_id credits at most once.
+	CreditPayment(context.Context, *v1.CreditPaymentRequest) (*v1.CreditPaymentResponse, error)
 	// CreateClaim opens a portability or ownership claim.
 	CreateClaim(context.Context, *v1.CreateClaimRequest) (*v1.CreateClaimResponse, error)
 	// GetClaim returns a claim the caller takes part in.
@@ -458,6 +485,12 @@ func NewCoreDictServiceHandler(svc CoreDictServiceHandler, opts ...connect.Handl
 		connect.WithSchema(coreDictServiceMethods.ByName("CheckKeys")),
 		connect.WithHandlerOptions(opts...),
 	)
+	coreDictServiceCreditPaymentHandler := connect.NewUnaryHandlerSimple(
+		CoreDictServiceCreditPaymentProcedure,
+		svc.CreditPayment,
+		connect.WithSchema(coreDictServiceMethods.ByName("CreditPayment")),
+		connect.WithHandlerOptions(opts...),
+	)
 	coreDictServiceCreateClaimHandler := connect.NewUnaryHandlerSimple(
 		CoreDictServiceCreateClaimProcedure,
 		svc.CreateClaim,
@@ -522,6 +555,8 @@ func NewCoreDictServiceHandler(svc CoreDictServiceHandler, opts ...connect.Handl
 			coreDictServiceLookupKeyHandler.ServeHTTP(w, r)
 		case CoreDictServiceCheckKeysProcedure:
 			coreDictServiceCheckKeysHandler.ServeHTTP(w, r)
+		case CoreDictServiceCreditPaymentProcedure:
+			coreDictServiceCreditPaymentHandler.ServeHTTP(w, r)
 		case CoreDictServiceCreateClaimProcedure:
 			coreDictServiceCreateClaimHandler.ServeHTTP(w, r)
 		case CoreDictServiceGetClaimProcedure:
@@ -573,6 +608,10 @@ func (UnimplementedCoreDictServiceHandler) LookupKey(context.Context, *v1.Lookup
 
 func (UnimplementedCoreDictServiceHandler) CheckKeys(context.Context, *v1.CheckKeysRequest) (*v1.CheckKeysResponse, error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("dict.v1.CoreDictService.CheckKeys is not implemented"))
+}
+
+func (UnimplementedCoreDictServiceHandler) CreditPayment(context.Context, *v1.CreditPaymentRequest) (*v1.CreditPaymentResponse, error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("dict.v1.CoreDictService.CreditPayment is not implemented"))
 }
 
 func (UnimplementedCoreDictServiceHandler) CreateClaim(context.Context, *v1.CreateClaimRequest) (*v1.CreateClaimResponse, error) {
