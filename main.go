@@ -23,12 +23,15 @@ import (
 	"syscall"
 	"time"
 
+	"connectrpc.com/connect"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/lbpay-lab/core-dict/cachelayer"
 	"github.com/lbpay-lab/core-dict/dict"
+	"github.com/lbpay-lab/core-dict/internal/dictcache"
 	"github.com/lbpay-lab/core-dict/rpc"
 	"github.com/lbpay-lab/core-dict/schema"
 )
@@ -74,6 +77,13 @@ type config struct {
 	ShutdownTimeout  time.Duration
 	KeyEventsTopic   string
 	LogLevel         slog.Level
+
+	Redis               cachelayer.Config
+	ParticipantCategory string
+	LookupFlushInterval time.Duration
+	PaymentCreditWindow time.Duration
+	RateLimitIP         int
+	RateLimitAccount    int
 }
 
 // env reads the environment into a config; the first bad value is an error
@@ -133,6 +143,19 @@ func loadConfig() (config, error) {
 		IdleTimeout:     e.dur("HTTP_IDLE_TIMEOUT", 120*time.Second),
 		ShutdownTimeout: e.dur("SHUTDOWN_TIMEOUT", 25*time.Second),
 		KeyEventsTopic:  e.str("PULSAR_TOPIC_KEY_EVENTS", "persistent://dict/events/key-events"),
+	}
+	c.ParticipantCategory = strings.ToUpper(e.str("DICT_PARTICIPANT_CATEGORY", "H"))
+	if _, ok := dict.ParticipantBuckets[c.ParticipantCategory]; !ok {
+		e.fail("DICT_PARTICIPANT_CATEGORY=%q: want the participant's DICT category, A to H", c.ParticipantCategory)
+	}
+	c.LookupFlushInterval = e.dur("LOOKUP_STATS_FLUSH_INTERVAL", 5*time.Second)
+	c.PaymentCreditWindow = e.dur("PAYMENT_CREDIT_WINDOW", time.Hour)
+	c.RateLimitIP = e.int("RATE_LIMIT_IP_RPS", 1000, 1, 1_000_000)
+	c.RateLimitAccount = e.int("RATE_LIMIT_ACCOUNT_RPS", 500, 1, 1_000_000)
+	if rc, err := cachelayer.ConfigFromEnv(os.Getenv); err != nil {
+		e.fail("%v", err)
+	} else {
+		c.Redis = rc
 	}
 	for _, p := range strings.Split(e.str("DICT_PARTICIPANTS", ""), ",") {
 		if p = strings.TrimSpace(p); p == "" {
@@ -215,18 +238,48 @@ func runServe(args []string) error {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
-	svc := dict.NewService(dict.ServiceConfig{
+	cctx, ccancel := context.WithTimeout(ctx, cfg.Redis.DialTimeout)
+	redis, err := cachelayer.NewClient(cctx, cfg.Redis, cachelayer.WithRegisterer(reg), cachelayer.WithLogger(logger))
+	ccancel()
+	if err != nil {
+		return fmt.Errorf("REDIS_URL: %w", err)
+	}
+	defer redis.Close()
+	buckets, err := cachelayer.NewTokenBucket(redis, cachelayer.WithLimitName("dict_antiscan"),
+		cachelayer.WithLimitRegisterer(reg), cachelayer.WithLimitLogger(logger))
+	if err != nil {
+		return err
+	}
+	antiScan, _ := dict.NewAntiScan(dictcache.Buckets{TB: buckets}, cfg.ParticipantCategory)
+	requests, err := newRequestLimiter(cfg, reg, logger)
+	if err != nil {
+		return err
+	}
+	var svc *dict.Service
+	lookupCounts := cachelayer.NewWriteBehindCounter(redis, "lookups",
+		func(ctx context.Context, batch string, counts map[string]int64) error {
+			return svc.ApplyLookupCounts(ctx, batch, counts)
+		},
+		cachelayer.WithFlushInterval(cfg.LookupFlushInterval),
+		cachelayer.WithWriteBehindRegisterer(reg), cachelayer.WithWriteBehindLogger(logger))
+	svc = dict.NewService(dict.ServiceConfig{
 		Pool:             pool,
 		KeyEventsTopic:   cfg.KeyEventsTopic,
 		ParticipantNames: cfg.ParticipantNames,
 		Logger:           logger,
+		Cache:            dictcache.NewEntryCache(redis, cfg.Redis.EntryTTL),
+		AntiScan:         antiScan,
+		LookupCounter:    lookupCounts,
+		Lookups:          cachelayer.NewOneShot(redis, "dict:lookup:", cfg.PaymentCreditWindow),
 	})
+	lookupCounts.Start()
 	mux := rpc.NewMux(rpc.ServerConfig{
 		Service:         svc,
 		Auth:            auth,
 		Metrics:         rpc.NewMetrics(reg),
 		Logger:          logger,
 		MaxRequestBytes: cfg.MaxRequestBytes,
+		Interceptors:    []connect.Interceptor{rpc.RateLimitInterceptor(requests)},
 	})
 	protocols := new(http.Protocols)
 	protocols.SetHTTP1(true)
@@ -269,6 +322,10 @@ func runServe(args []string) error {
 	sctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
 	defer cancel()
 	serr := api.Shutdown(sctx)
+	// Requests have drained: flush the lookup counts still pending.
+	if ferr := lookupCounts.Close(sctx); ferr != nil {
+		logger.Error("lookup counts not flushed; they stay in Redis for the next instance", "err", ferr)
+	}
 	_ = ops.Shutdown(sctx)
 	if err == nil {
 		err = serr
@@ -356,4 +413,26 @@ func runToken(args []string) error {
 	}
 	fmt.Println(tok)
 	return nil
+}
+
+// newRequestLimiter builds the per-IP and per-account GCRA limiters (via
+// redis_rate, on their own go-redis client) and the multi-key limiter that
+// needs both to allow a request.
+func newRequestLimiter(cfg config, reg prometheus.Registerer, logger *slog.Logger) (*cachelayer.MultiKeyLimiter, error) {
+	rdb, err := cachelayer.NewGCRAClient(cfg.Redis.URL)
+	if err != nil {
+		return nil, err
+	}
+	ip, err := cachelayer.NewIPRateLimiter(rdb, cachelayer.RatePerSecond(cfg.RateLimitIP),
+		cachelayer.WithLimitRegisterer(reg), cachelayer.WithLimitLogger(logger))
+	if err != nil {
+		return nil, err
+	}
+	account, err := cachelayer.NewAccountRateLimiter(rdb, cachelayer.RatePerSecond(cfg.RateLimitAccount),
+		cachelayer.WithLimitRegisterer(reg), cachelayer.WithLimitLogger(logger))
+	if err != nil {
+		return nil, err
+	}
+	return cachelayer.NewMultiKeyLimiter([]cachelayer.KeyedLimiter{ip, account},
+		cachelayer.WithLimitRegisterer(reg), cachelayer.WithLimitLogger(logger))
 }

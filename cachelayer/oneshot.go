@@ -13,21 +13,28 @@ import (
 // that the payment that follows can credit the anti-scanning buckets once,
 // and only for a lookup that really happened.
 type OneShot struct {
-	r      rueidis.Client
+	conn   Conn
 	prefix string
 	ttl    time.Duration
 }
 
 // NewOneShot returns a store of values under prefix, each living ttl.
-func NewOneShot(r rueidis.Client, prefix string, ttl time.Duration) *OneShot {
-	return &OneShot{r: r, prefix: prefix, ttl: ttl}
+func NewOneShot(conn Conn, prefix string, ttl time.Duration) *OneShot {
+	return &OneShot{conn: conn, prefix: prefix, ttl: ttl}
 }
 
 // Put stores value under id, unless id is already stored.
 func (o *OneShot) Put(ctx context.Context, id, value string) error {
-	err := o.r.Do(ctx, o.r.B().Set().Key(o.prefix+id).Value(value).Nx().Px(o.ttl).Build()).Error()
+	r, err := o.conn.Rueidis()
+	if err != nil {
+		return err
+	}
+	err = r.Do(ctx, r.B().Set().Key(o.prefix+id).Value(value).Nx().Px(o.ttl).Build()).Error()
 	if rueidis.IsRedisNil(err) {
 		return nil
+	}
+	if err != nil {
+		o.conn.Failed(ctx, err)
 	}
 	return err
 }
@@ -35,11 +42,16 @@ func (o *OneShot) Put(ctx context.Context, id, value string) error {
 // Take returns and removes the value under id; ok is false when there is
 // none.
 func (o *OneShot) Take(ctx context.Context, id string) (value string, ok bool, err error) {
-	v, err := o.r.Do(ctx, o.r.B().Getdel().Key(o.prefix+id).Build()).ToString()
+	r, err := o.conn.Rueidis()
+	if err != nil {
+		return "", false, err
+	}
+	v, err := r.Do(ctx, r.B().Getdel().Key(o.prefix+id).Build()).ToString()
 	if rueidis.IsRedisNil(err) {
 		return "", false, nil
 	}
 	if err != nil {
+		o.conn.Failed(ctx, err)
 		return "", false, errors.Join(errors.New("one-shot take"), err)
 	}
 	return v, true, nil

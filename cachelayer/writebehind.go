@@ -32,7 +32,7 @@ type FlushFunc func(ctx context.Context, batchID string, counts map[string]int64
 // pending hash to a batch of its own (atomically, in Lua), so each
 // increment belongs to exactly one batch.
 type WriteBehindCounter struct {
-	r        rueidis.Client
+	conn     Conn
 	pending  string // {wb:name}:pending
 	batches  string // {wb:name}:batches, the set of batch ids not yet applied
 	prefix   string // {wb:name}:batch:
@@ -74,10 +74,10 @@ func WithWriteBehindLogger(l *slog.Logger) WriteBehindOption {
 
 // NewWriteBehindCounter returns a counter named name (its Redis keys share
 // the hash tag {wb:name}, so its scripts work on Redis Cluster).
-func NewWriteBehindCounter(r rueidis.Client, name string, flush FlushFunc, opts ...WriteBehindOption) *WriteBehindCounter {
+func NewWriteBehindCounter(conn Conn, name string, flush FlushFunc, opts ...WriteBehindOption) *WriteBehindCounter {
 	tag := "{wb:" + name + "}"
 	w := &WriteBehindCounter{
-		r:        r,
+		conn:     conn,
 		pending:  tag + ":pending",
 		batches:  tag + ":batches",
 		prefix:   tag + ":batch:",
@@ -109,11 +109,12 @@ func NewWriteBehindCounter(r rueidis.Client, name string, flush FlushFunc, opts 
 // Incr adds n to field. It never fails: when Redis does, the increment is
 // kept in process until the next flush.
 func (w *WriteBehindCounter) Incr(ctx context.Context, field string, n int64) {
-	if w.r != nil {
-		err := w.r.Do(ctx, w.r.B().Hincrby().Key(w.pending).Field(field).Increment(n).Build()).Error()
+	if r, err := w.conn.Rueidis(); err == nil {
+		err = r.Do(ctx, r.B().Hincrby().Key(w.pending).Field(field).Increment(n).Build()).Error()
 		if err == nil {
 			return
 		}
+		w.conn.Failed(ctx, err)
 	}
 	w.fallbacks.Inc()
 	w.mu.Lock()
@@ -135,8 +136,9 @@ return 1
 // now, then what was kept in process while Redis failed.
 func (w *WriteBehindCounter) Flush(ctx context.Context) error {
 	var errs []error
-	if w.r != nil {
-		if err := w.flushRedis(ctx); err != nil {
+	if r, err := w.conn.Rueidis(); err == nil {
+		if err := w.flushRedis(ctx, r); err != nil {
+			w.conn.Failed(ctx, err)
 			errs = append(errs, err)
 		}
 	}
@@ -150,17 +152,17 @@ func (w *WriteBehindCounter) Flush(ctx context.Context) error {
 	return nil
 }
 
-func (w *WriteBehindCounter) flushRedis(ctx context.Context) error {
+func (w *WriteBehindCounter) flushRedis(ctx context.Context, r rueidis.Client) error {
 	id := newBatchID()
-	if err := wbRotate.Exec(ctx, w.r, []string{w.pending, w.prefix + id, w.batches}, []string{id}).Error(); err != nil {
+	if err := wbRotate.Exec(ctx, r, []string{w.pending, w.prefix + id, w.batches}, []string{id}).Error(); err != nil {
 		return err
 	}
-	ids, err := w.r.Do(ctx, w.r.B().Smembers().Key(w.batches).Build()).AsStrSlice()
+	ids, err := r.Do(ctx, r.B().Smembers().Key(w.batches).Build()).AsStrSlice()
 	if err != nil {
 		return err
 	}
 	for _, id := range ids {
-		raw, err := w.r.Do(ctx, w.r.B().Hgetall().Key(w.prefix+id).Build()).AsStrMap()
+		raw, err := r.Do(ctx, r.B().Hgetall().Key(w.prefix+id).Build()).AsStrMap()
 		if err != nil {
 			return err
 		}
@@ -181,10 +183,10 @@ func (w *WriteBehindCounter) flushRedis(ctx context.Context) error {
 		}
 		// Applied (or empty): forget the batch. If this fails, the next
 		// flush finds it again and the store skips the known batch id.
-		if err := w.r.Do(ctx, w.r.B().Del().Key(w.prefix+id).Build()).Error(); err != nil {
+		if err := r.Do(ctx, r.B().Del().Key(w.prefix+id).Build()).Error(); err != nil {
 			return err
 		}
-		if err := w.r.Do(ctx, w.r.B().Srem().Key(w.batches).Member(id).Build()).Error(); err != nil {
+		if err := r.Do(ctx, r.B().Srem().Key(w.batches).Member(id).Build()).Error(); err != nil {
 			return err
 		}
 		w.flushed.Add(float64(total))

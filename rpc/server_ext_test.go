@@ -24,7 +24,9 @@ import (
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/lbpay-lab/core-dict/cachelayer"
 	"github.com/lbpay-lab/core-dict/dict"
+	"github.com/lbpay-lab/core-dict/internal/dictcache"
 	"github.com/lbpay-lab/core-dict/internal/testdb"
 	"github.com/lbpay-lab/core-dict/rpc"
 	dictv1 "github.com/lbpay-lab/core-dict/rpc/dict/v1"
@@ -44,6 +46,7 @@ var apiSecret = []byte("core-dict-test-secret-0123456789abcdef")
 // env is the one server and database of this package's tests.
 var env struct {
 	db     *testdb.DB
+	stack  *stack
 	server *httptest.Server
 }
 
@@ -55,32 +58,91 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	env.db = db
-	env.server = startServer(db)
+	env.stack, err = newStack(db, redisTestURL())
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "rpc tests:", err)
+		os.Exit(1)
+	}
+	if !env.stack.redis.Available() {
+		fmt.Fprintln(os.Stderr, "rpc tests: Redis does not answer at", redisTestURL(), "- start it with `scripts/deps.sh up`")
+		os.Exit(1)
+	}
+	env.server = env.stack.server
 	code := m.Run()
-	env.server.Close()
+	env.stack.close()
 	db.Close()
 	os.Exit(code)
 }
 
-func startServer(db *testdb.DB) *httptest.Server {
+// stack is one core-dict instance of the tests: the real server over the
+// package's database, with Redis (the cache, the anti-scanning buckets, the
+// write-behind lookup counters) at redisURL, or none when redisURL is "".
+type stack struct {
+	server   *httptest.Server
+	svc      *dict.Service
+	redis    *cachelayer.Client
+	counter  *cachelayer.WriteBehindCounter
+	registry *prometheus.Registry
+}
+
+func (s *stack) close() {
+	s.server.Close()
+	if s.counter != nil {
+		_ = s.counter.Close(context.Background())
+	}
+	if s.redis != nil {
+		s.redis.Close()
+	}
+}
+
+func newStack(db *testdb.DB, redisURL string) (*stack, error) {
 	auth, err := rpc.NewAuthenticator(rpc.AuthConfig{
 		HS256Secret:  apiSecret,
 		Participants: []string{partA, partB},
 		Audience:     rpc.DefaultAudience,
 	})
 	if err != nil {
-		panic(err)
+		return nil, err
 	}
 	logger := slog.New(slog.NewJSONHandler(io.Discard, nil))
-	svc := dict.NewService(dict.ServiceConfig{
+	st := &stack{registry: prometheus.NewRegistry()}
+	cfg := dict.ServiceConfig{
 		Pool:             db.Pool,
 		Logger:           logger,
 		ParticipantNames: map[string]string{partA: "Banco A"},
-	})
+	}
+	if redisURL != "" {
+		rc := cachelayer.DefaultConfig()
+		rc.URL = redisURL
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		st.redis, err = cachelayer.NewClient(ctx, rc, cachelayer.WithRegisterer(st.registry), cachelayer.WithLogger(logger))
+		cancel()
+		if err != nil {
+			return nil, err
+		}
+		tb, err := cachelayer.NewTokenBucket(st.redis, cachelayer.WithLimitRegisterer(st.registry), cachelayer.WithLimitLogger(logger))
+		if err != nil {
+			return nil, err
+		}
+		antiScan, _ := dict.NewAntiScan(dictcache.Buckets{TB: tb}, "A")
+		var svc *dict.Service
+		st.counter = cachelayer.NewWriteBehindCounter(st.redis, "lookups-"+db.Name,
+			func(ctx context.Context, batch string, counts map[string]int64) error {
+				return svc.ApplyLookupCounts(ctx, batch, counts)
+			})
+		cfg.Cache = dictcache.NewEntryCache(st.redis, time.Minute)
+		cfg.AntiScan = antiScan
+		cfg.LookupCounter = st.counter
+		cfg.Lookups = cachelayer.NewOneShot(st.redis, "dict:lookup:"+db.Name+":", time.Hour)
+		svc = dict.NewService(cfg)
+		st.svc = svc
+	} else {
+		st.svc = dict.NewService(cfg)
+	}
 	mux := rpc.NewMux(rpc.ServerConfig{
-		Service: svc,
+		Service: st.svc,
 		Auth:    auth,
-		Metrics: rpc.NewMetrics(prometheus.NewRegistry()),
+		Metrics: rpc.NewMetrics(st.registry),
 		Logger:  logger,
 	})
 	s := httptest.NewUnstartedServer(mux)
@@ -88,7 +150,16 @@ func startServer(db *testdb.DB) *httptest.Server {
 	s.Config.Protocols.SetHTTP1(true)
 	s.Config.Protocols.SetUnencryptedHTTP2(true)
 	s.Start()
-	return s
+	st.server = s
+	return st, nil
+}
+
+// redisTestURL is the shared local Redis of scripts/deps.sh.
+func redisTestURL() string {
+	if u := os.Getenv("REDIS_URL"); u != "" {
+		return u
+	}
+	return "redis://127.0.0.1:6379/0"
 }
 
 func token(tb testing.TB, ispb string, scopes ...string) string {

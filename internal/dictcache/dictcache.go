@@ -1,0 +1,82 @@
+// Package dictcache fits cachelayer's generic strategies and limiters to the
+// small interfaces dict declares (EntryCache, Buckets), so that main and the
+// end-to-end tests wire the same thing.
+package dictcache
+
+import (
+	"context"
+	"time"
+
+	"github.com/lbpay-lab/core-dict/cachelayer"
+	"github.com/lbpay-lab/core-dict/dict"
+)
+
+// EntryCache gives dict the three cachelayer strategies it uses for this
+// PSP's own entries, over one key prefix and one codec: read-through for
+// reads, write-through for updates, write-around for creates and deletes.
+type EntryCache struct {
+	rt *cachelayer.ReadThrough[dict.Entry]
+	wt *cachelayer.WriteThrough[dict.Entry]
+	wa *cachelayer.WriteAround
+}
+
+const entryCachePrefix = "dict:entry:"
+
+var _ dict.EntryCache = (*EntryCache)(nil)
+
+// NewEntryCache caches entries for ttl on c.
+func NewEntryCache(c *cachelayer.Client, ttl time.Duration) *EntryCache {
+	opts := []cachelayer.CacheOption{cachelayer.WithCacheTTL(ttl), cachelayer.WithSharedValues()}
+	return &EntryCache{
+		rt: cachelayer.NewReadThrough[dict.Entry](c, entryCachePrefix, nil, opts...),
+		wt: cachelayer.NewWriteThrough[dict.Entry](c, entryCachePrefix, opts...),
+		wa: cachelayer.NewWriteAround(c, entryCachePrefix, opts...),
+	}
+}
+
+// Get implements [dict.EntryCache].
+func (c *EntryCache) Get(ctx context.Context, key string, load func(context.Context) (dict.Entry, error)) (dict.Entry, error) {
+	return c.rt.GetWith(ctx, key, func(ctx context.Context, _ string) (dict.Entry, int64, error) {
+		e, err := load(ctx)
+		return e, e.UpdatedAt.UnixNano(), err
+	})
+}
+
+// Put implements [dict.EntryCache].
+func (c *EntryCache) Put(ctx context.Context, key string, e dict.Entry, version int64) {
+	// The write-through strategy never leaves a stale value when the cache
+	// fails (it tombstones the key, or remembers it as dirty), so its error
+	// is the cache's business, not the caller's: the database has committed.
+	_ = c.wt.Put(ctx, key, e, version)
+}
+
+// Invalidate implements [dict.EntryCache].
+func (c *EntryCache) Invalidate(ctx context.Context, key string) { c.wa.Invalidate(ctx, key) }
+
+// Buckets adapts cachelayer's token bucket to dict's anti-scanning policy.
+type Buckets struct{ TB *cachelayer.TokenBucket }
+
+var _ dict.Buckets = Buckets{}
+
+func params(p dict.BucketParams) cachelayer.BucketParams {
+	return cachelayer.BucketParams{Capacity: p.Capacity, RefillTokens: p.RefillTokens, RefillPeriod: p.RefillPeriod}
+}
+
+func decision(d cachelayer.Decision, err error) (dict.BucketDecision, error) {
+	return dict.BucketDecision{Allowed: d.Allowed, Balance: d.Balance, RetryAfter: d.RetryAfter}, err
+}
+
+// Check implements [dict.Buckets].
+func (b Buckets) Check(ctx context.Context, key string, p dict.BucketParams, min float64) (dict.BucketDecision, error) {
+	return decision(b.TB.Check(ctx, key, params(p), min))
+}
+
+// Charge implements [dict.Buckets].
+func (b Buckets) Charge(ctx context.Context, key string, p dict.BucketParams, cost float64) (dict.BucketDecision, error) {
+	return decision(b.TB.Charge(ctx, key, params(p), cost))
+}
+
+// Credit implements [dict.Buckets].
+func (b Buckets) Credit(ctx context.Context, key string, p dict.BucketParams, amount float64) (dict.BucketDecision, error) {
+	return decision(b.TB.Credit(ctx, key, params(p), amount))
+}
