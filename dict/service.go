@@ -654,7 +654,7 @@ func (s *Service) LookupKey(ctx context.Context, c Caller, in LookupInput) (Entr
 	}
 	if s.lookups != nil {
 		// Best effort: without it, the payment that follows earns no credit.
-		if err := s.lookups.Put(ctx, c.Participant+":"+in.EndToEndID, payerID); err != nil {
+		if err := s.lookups.Put(ctx, lookupLedgerKey(c.Participant, in.EndToEndID, payerID), e.Key); err != nil {
 			s.logger.WarnContext(ctx, "lookup not remembered for the payment credit", "err", err)
 		}
 	}
@@ -682,17 +682,23 @@ func (s *Service) CreditPayment(ctx context.Context, c Caller, payerID, endToEnd
 	if s.lookups == nil || s.antiScan == nil {
 		return false, E(KindUnavailable, ReasonUnavailable, "payment credits are not available on this instance")
 	}
-	looked, ok, err := s.lookups.Take(ctx, c.Participant+":"+endToEndID)
+	_, ok, err := s.lookups.Take(ctx, lookupLedgerKey(c.Participant, endToEndID, payer))
 	if err != nil {
 		return false, &Error{Kind: KindUnavailable, Reason: ReasonUnavailable, Msg: "payment credits are unavailable; retry later", Err: err}
 	}
-	if !ok || looked != payer {
+	if !ok {
 		return false, nil
 	}
 	if err := s.antiScan.CreditPayment(ctx, c.Participant, payerType, payer); err != nil {
 		return false, err
 	}
 	return true, nil
+}
+
+// lookupLedgerKey names a lookup by who made it, for whom and for which
+// payment, so that only that payer's payment can take its credit.
+func lookupLedgerKey(participant, endToEndID, payerID string) string {
+	return participant + ":" + endToEndID + ":" + payerID
 }
 
 // ApplyLookupCounts adds one batch of per-key lookup counts to PostgreSQL,

@@ -30,7 +30,8 @@ func (floorHandler) GetKey(context.Context, *dictv1.GetKeyRequest) (*dictv1.GetK
 var floorNsPerOp float64
 
 // BenchmarkServer measures CreateKey and GetKey through the real server
-// (auth, interceptors, validation) and the real database, beside the bare
+// (auth, interceptors, validation, the Redis cache) and the real database,
+// GetKey also on an instance without the cache, beside the bare
 // Connect floor, all over the same transport (Connect protocol, binary
 // protobuf, HTTP/1.1 on loopback) in one run. Each reports ops/s, p50 and
 // p99 latency, and x-floor: its ns/op over the floor's.
@@ -66,6 +67,27 @@ func BenchmarkServer(b *testing.B) {
 			i++
 			mu.Unlock()
 			_, err := c.GetKey(context.Background(), &dictv1.GetKeyRequest{Key: k})
+			return err
+		})
+		reportFloor(b)
+	})
+	// The same GetKey on an instance without Redis: every read goes to
+	// PostgreSQL. Its ratio to GetKey above is the cache's gain.
+	plain, err := newStack(env.db, "")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer plain.close()
+	pc := dictv1connect.NewCoreDictServiceClient(&http.Client{Transport: bearerOver{tok: token(b, partA), rt: http1Transport}}, plain.server.URL)
+	b.Run("GetKeyNoCache", func(b *testing.B) {
+		var mu sync.Mutex
+		i := 0
+		measure(b, func() error {
+			mu.Lock()
+			k := existing[i%len(existing)]
+			i++
+			mu.Unlock()
+			_, err := pc.GetKey(context.Background(), &dictv1.GetKeyRequest{Key: k})
 			return err
 		})
 		reportFloor(b)

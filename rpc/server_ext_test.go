@@ -185,10 +185,15 @@ var h2cTransport = func() *http.Transport {
 
 var http1Transport = &http.Transport{MaxIdleConnsPerHost: 64}
 
+// clientHTTP is an HTTP/1.1 client that signs requests as ispb.
+func clientHTTP(tb testing.TB, ispb string) *http.Client {
+	return &http.Client{Transport: bearerOver{tok: token(tb, ispb), rt: http1Transport}, Timeout: 30 * time.Second}
+}
+
 // client returns a CoreDictService client acting for ispb, speaking
 // Connect JSON unless opts say otherwise.
 func client(tb testing.TB, ispb string, opts ...connect.ClientOption) dictv1connect.CoreDictServiceClient {
-	hc := &http.Client{Transport: bearerOver{tok: token(tb, ispb), rt: http1Transport}, Timeout: 30 * time.Second}
+	hc := clientHTTP(tb, ispb)
 	return dictv1connect.NewCoreDictServiceClient(hc, env.server.URL, append([]connect.ClientOption{connect.WithProtoJSON()}, opts...)...)
 }
 

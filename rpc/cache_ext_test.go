@@ -1,0 +1,248 @@
+package rpc_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os/exec"
+	"testing"
+	"time"
+
+	"connectrpc.com/connect"
+	"github.com/google/uuid"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+
+	"github.com/lbpay-lab/core-dict/dict"
+	dictv1 "github.com/lbpay-lab/core-dict/rpc/dict/v1"
+	"github.com/lbpay-lab/core-dict/rpc/dict/v1/dictv1connect"
+)
+
+var e2eSeq = time.Now().UnixNano() % 1e9
+
+// newE2E returns a fresh end-to-end id of participant A.
+func newE2E() string {
+	e2eSeq++
+	return fmt.Sprintf("E%s202611271530%011d", partA, e2eSeq)
+}
+
+func retryDelay(err error) time.Duration {
+	var ce *connect.Error
+	if !errors.As(err, &ce) {
+		return -1
+	}
+	for _, d := range ce.Details() {
+		if v, derr := d.Value(); derr == nil {
+			if ri, ok := v.(*errdetails.RetryInfo); ok {
+				return ri.GetRetryDelay().AsDuration()
+			}
+		}
+	}
+	return -1
+}
+
+// TestLookupAntiScan spends a natural-person payer's bucket (100 tokens,
+// found −1) and checks the refusal, its RetryInfo and the payment credit.
+func TestLookupAntiScan(t *testing.T) {
+	t.Parallel()
+	c := client(t, partA)
+	e := mustCreate(t, c, createReq(dictv1.KeyType_KEY_TYPE_EVP, "", account(partA), naturalOwner(newCPF())))
+	payer := newCPF()
+	lookup := func(e2e string) error {
+		_, err := c.LookupKey(context.Background(), &dictv1.LookupKeyRequest{Key: e.GetKey(), PayerId: payer, EndToEndId: e2e})
+		return err
+	}
+	var last string
+	for i := 0; i < 100; i++ {
+		last = newE2E()
+		if err := lookup(last); err != nil {
+			t.Fatalf("lookup %d of 100: %v", i+1, err)
+		}
+	}
+	err := lookup(newE2E())
+	wantErr(t, err, connect.CodeResourceExhausted, dict.ReasonRateLimited)
+	// One token refills in 30 s at 2 per minute.
+	if d := retryDelay(err); d <= 0 || d > 30*time.Second {
+		t.Errorf("RetryInfo delay = %v, want within (0, 30s]", d)
+	}
+	// Another payer is not affected.
+	if _, err := c.LookupKey(context.Background(), &dictv1.LookupKeyRequest{Key: e.GetKey(), PayerId: newCPF(), EndToEndId: newE2E()}); err != nil {
+		t.Errorf("another payer refused: %v", err)
+	}
+	// A payment after the last lookup credits one token, once.
+	credit := func(payerID, e2e string) bool {
+		t.Helper()
+		res, err := c.CreditPayment(context.Background(), &dictv1.CreditPaymentRequest{PayerId: payerID, EndToEndId: e2e})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return res.GetCredited()
+	}
+	if credit(newCPF(), last) {
+		t.Error("a payment credited another payer's lookup")
+	}
+	if credit(payer, newE2E()) {
+		t.Error("a payment credited a lookup that never happened")
+	}
+	if !credit(payer, last) {
+		t.Fatal("payment after a lookup not credited")
+	}
+	if credit(payer, last) {
+		t.Error("one lookup credited twice")
+	}
+	if err := lookup(newE2E()); err != nil {
+		t.Errorf("lookup after the credit: %v", err)
+	}
+	wantErr(t, lookup(newE2E()), connect.CodeResourceExhausted, dict.ReasonRateLimited)
+}
+
+// TestCachedReadsFollowWrites reads through two instances that share the
+// database and Redis, each with its own client-side cache: the writer
+// never reads its old value, and the other sees the new one once Redis's
+// invalidation reaches it.
+func TestCachedReadsFollowWrites(t *testing.T) {
+	t.Parallel()
+	other, err := newStack(env.db, redisTestURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.close()
+	c1 := client(t, partA)
+	c2 := dictv1connect.NewCoreDictServiceClient(clientHTTP(t, partA), other.server.URL, connect.WithProtoJSON())
+	e := mustCreate(t, c1, createReq(dictv1.KeyType_KEY_TYPE_EVP, "", account(partA), legalOwner(newCNPJ(false))))
+	get := func(c dictv1connect.CoreDictServiceClient) string {
+		t.Helper()
+		res, err := c.GetKey(context.Background(), &dictv1.GetKeyRequest{Key: e.GetKey()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return res.GetEntry().GetOwner().GetName()
+	}
+	for round := 0; round < 30; round++ {
+		get(c1)
+		get(c2) // both instances hold the entry in their client-side caches
+		name := fmt.Sprintf("Empresa Rodada %d", round)
+		if _, err := c1.UpdateKey(context.Background(), &dictv1.UpdateKeyRequest{RequestId: uuid.NewString(), Key: e.GetKey(),
+			Account: e.GetAccount(), Owner: &dictv1.Owner{Name: name}, Reason: dictv1.Reason_REASON_USER_REQUESTED}); err != nil {
+			t.Fatal(err)
+		}
+		if got := get(c1); got != name {
+			t.Fatalf("round %d: the writer read %q after writing %q", round, got, name)
+		}
+		deadline := time.Now().Add(2 * time.Second)
+		for get(c2) != name {
+			if time.Now().After(deadline) {
+				t.Fatalf("round %d: the other instance still serves the old name 2 s after the write", round)
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+	// A delete is seen too: not found, not a cached ghost.
+	if _, err := c1.DeleteKey(context.Background(), &dictv1.DeleteKeyRequest{RequestId: uuid.NewString(), Key: e.GetKey(), Reason: dictv1.Reason_REASON_USER_REQUESTED}); err != nil {
+		t.Fatal(err)
+	}
+	_, err = c1.GetKey(context.Background(), &dictv1.GetKeyRequest{Key: e.GetKey()})
+	wantErr(t, err, connect.CodeNotFound, dict.ReasonEntryNotFound)
+}
+
+// TestLookupCountsWriteBehind counts lookups in Redis and flushes them to
+// PostgreSQL.
+func TestLookupCountsWriteBehind(t *testing.T) {
+	t.Parallel()
+	c := client(t, partA)
+	e := mustCreate(t, c, createReq(dictv1.KeyType_KEY_TYPE_EVP, "", account(partA), legalOwner(newCNPJ(false))))
+	payer := newCNPJ(false)
+	for i := 0; i < 7; i++ {
+		if _, err := c.LookupKey(context.Background(), &dictv1.LookupKeyRequest{Key: e.GetKey(), PayerId: payer, EndToEndId: newE2E()}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := env.stack.counter.Flush(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := env.stack.svc.LookupCount(context.Background(), e.GetKey()); err != nil || n != 7 {
+		t.Errorf("lookup count = %d (%v), want 7", n, err)
+	}
+}
+
+// redisDownPort is the separate Redis the outage test stops and starts
+// through scripts/deps.sh, so the shared one keeps serving the other tests.
+const redisDownPort = "6393"
+
+func deps(t *testing.T, action string) {
+	t.Helper()
+	cmd := exec.Command("../scripts/deps.sh", action, "redis")
+	cmd.Env = append(cmd.Environ(), "DEPS_REDIS_PORT="+redisDownPort)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("scripts/deps.sh %s redis on %s: %v\n%s", action, redisDownPort, err, out)
+	}
+}
+
+// TestRedisDownFallsBack stops Redis under a running instance: reads come
+// from PostgreSQL and lookups are limited in process, with no error to the
+// caller; when Redis is back, the instance uses it again by itself.
+func TestRedisDownFallsBack(t *testing.T) {
+	deps(t, "up")
+	t.Cleanup(func() { deps(t, "down") })
+	st, err := newStack(env.db, "redis://127.0.0.1:"+redisDownPort+"/0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.close()
+	c := dictv1connect.NewCoreDictServiceClient(clientHTTP(t, partA), st.server.URL, connect.WithProtoJSON())
+	e := mustCreate(t, c, createReq(dictv1.KeyType_KEY_TYPE_EVP, "", account(partA), naturalOwner(newCPF())))
+	exercise := func(phase string) {
+		t.Helper()
+		for i := 0; i < 3; i++ {
+			if _, err := c.GetKey(context.Background(), &dictv1.GetKeyRequest{Key: e.GetKey()}); err != nil {
+				t.Fatalf("%s: GetKey: %v", phase, err)
+			}
+			if _, err := c.LookupKey(context.Background(), &dictv1.LookupKeyRequest{Key: e.GetKey(), PayerId: newCPF(), EndToEndId: newE2E()}); err != nil {
+				t.Fatalf("%s: LookupKey: %v", phase, err)
+			}
+		}
+	}
+	exercise("Redis up")
+	deps(t, "down")
+	exercise("Redis down")
+	if f := metricSum(t, st, "redis_fallbacks_total"); f == 0 {
+		t.Error("redis_fallbacks_total did not count the reads that fell back")
+	}
+	if f := metricSum(t, st, "rate_limit_fallbacks_total"); f == 0 {
+		t.Error("rate_limit_fallbacks_total did not count the limiter's fallbacks")
+	}
+	deps(t, "up")
+	deadline := time.Now().Add(10 * time.Second)
+	for !st.redis.Available() {
+		if time.Now().After(deadline) {
+			t.Fatal("the instance did not reconnect to Redis within 10 s")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	before := metricSum(t, st, "redis_hits_total")
+	exercise("Redis back")
+	exercise("Redis back, cached")
+	if after := metricSum(t, st, "redis_hits_total"); after <= before {
+		t.Errorf("no cache hits after Redis came back (hits %v -> %v)", before, after)
+	}
+}
+
+// metricSum adds up every series of a counter in the stack's registry.
+func metricSum(t *testing.T, st *stack, name string) float64 {
+	t.Helper()
+	mfs, err := st.registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sum float64
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			if c := m.GetCounter(); c != nil {
+				sum += c.GetValue()
+			}
+		}
+	}
+	return sum
+}
