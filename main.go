@@ -271,6 +271,7 @@ func runServe(args []string) error {
 		AntiScan:         antiScan,
 		LookupCounter:    lookupCounts,
 		Lookups:          cachelayer.NewOneShot(redis, "dict:lookup:", cfg.PaymentCreditWindow),
+		DirectoryCache:   cachelayer.NewCacheAside[dict.Entry](redis, "dict:directory:"),
 	})
 	lookupCounts.Start()
 	mux := rpc.NewMux(rpc.ServerConfig{

@@ -23,7 +23,9 @@ import (
 // timeout, LOADING, BUSY, MASTERDOWN, CLUSTERDOWN, TRYAGAIN, READONLY, OOM), the call is answered by the
 // twin, rate_limit_fallbacks_total{limiter} counts it, and the limiter stays on the twin. Once per probe
 // interval ([WithLimitProbeInterval], default 1s) one call tries Redis again; when Redis answers, that
-// answer is used and the limiter is back on Redis. Nothing runs in the background.
+// answer is used and the limiter is back on Redis. Nothing runs in the background. (rueidis pipelines
+// over a few connections; right after Redis returns, one that has not reconnected yet may fail a call,
+// which then falls back until the next probe: a blip of per-instance decisions, not a stall.)
 //
 // Errors that are not an outage are returned, not hidden: the caller's own context ending, a script
 // error, a wrong parameter.

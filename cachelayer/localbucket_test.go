@@ -4,7 +4,7 @@ import (
 	"context"
 	"errors"
 	"os/exec"
-	"strings"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -158,39 +158,32 @@ func TestLimitersFallBackWhileRedisIsDownAndRecover(t *testing.T) {
 
 	limitDeps(t, "up")
 	t.Run("recovered", func(t *testing.T) {
+		// Within a few probe intervals the decisions are Redis's again: the same answers, with the state in
+		// Redis and no fallback. A probe that succeeds proves one connection; the client's other pipelined
+		// connections may each fail once more before they reconnect, so this is checked until it holds.
 		for _, k := range kinds {
-			// Within a few probe intervals a call reaches Redis again.
 			deadline := time.Now().Add(15 * time.Second)
-			probe := limitTestKey(t, "probe")
-			for !k.stored(ctx, probe) {
-				if time.Now().After(deadline) {
-					t.Fatalf("%s: Redis has been back for 15s and the limiter still decides in process", k.name)
+			for attempt := 0; ; attempt++ {
+				before := fallbacks(k.name)
+				key := limitTestKey(t, "fresh-"+strconv.Itoa(attempt))
+				var got []bool
+				for range 4 {
+					ok, err := k.decide(ctx, key)
+					if err != nil {
+						t.Fatalf("%s: %v", k.name, err)
+					}
+					got = append(got, ok)
 				}
-				if _, err := k.decide(ctx, probe); err != nil {
-					t.Fatalf("%s: %v", k.name, err)
+				after := fallbacks(k.name)
+				if cmp.Equal([]bool{true, true, true, false}, got) && k.stored(ctx, key) && after == before {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("%s: Redis has been back for 15s and the decisions are still not Redis's: %v, stored in Redis %v, fallbacks %v -> %v",
+						k.name, got, k.stored(ctx, key), before, after)
 				}
 				time.Sleep(20 * time.Millisecond)
 			}
-			before := fallbacks(k.name)
-			fresh := limitTestKey(t, "fresh")
-			fourDecisions(t, k, fresh)
-			if !k.stored(ctx, fresh) {
-				t.Errorf("%s: no state in Redis after recovering", k.name)
-			}
-			if got := fallbacks(k.name); got != before {
-				t.Errorf("%s: rate_limit_fallbacks_total went from %v to %v after recovering, want no change", k.name, before, got)
-			}
-		}
-		// The token bucket's state is Redis's: 3 taken of 3.
-		key := limitTestKey(t, "state")
-		for range 3 {
-			if _, err := tb.Take(ctx, key, p, 1); err != nil {
-				t.Fatal(err)
-			}
-		}
-		b, err := r.Do(ctx, r.B().Hget().Key("limit:tb:{"+key+"}").Field("b").Build()).ToString()
-		if err != nil || strings.TrimSpace(b) != "0" {
-			t.Errorf("HGET balance = %q, %v; want \"0\"", b, err)
 		}
 	})
 }

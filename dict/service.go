@@ -46,7 +46,33 @@ type ServiceConfig struct {
 	// Lookups remembers each lookup's end-to-end id for the payment credit;
 	// nil disables CreditPayment.
 	Lookups LookupLedger
+	// Directory answers lookups of keys this PSP does not hold; nil (until
+	// the RSFN connection exists) answers them UNIMPLEMENTED.
+	Directory Directory
+	// DirectoryCache caches the directory's answers (cache-aside, one
+	// loader per key across instances); nil asks the directory every time.
+	DirectoryCache DirectoryCache
+	// DirectoryCacheTTL is how long an answer is cached: at most (and by
+	// default) [MaxDirectoryCacheTTL].
+	DirectoryCacheTTL time.Duration
 }
+
+// Directory is the central DICT, reached over the RSFN.
+type Directory interface {
+	// Lookup asks the DICT for key; found is false when it has no entry.
+	Lookup(ctx context.Context, participant, key, payerID, endToEndID string) (e Entry, found bool, err error)
+}
+
+// DirectoryCache is a cache-aside store with stampede protection: for a
+// key, one caller across instances runs load at a time, the others wait
+// for its result; the result is cached for ttl only when load says so.
+type DirectoryCache interface {
+	GetOrLoad(ctx context.Context, key string, ttl time.Duration, load func(context.Context) (Entry, bool, error)) (Entry, error)
+}
+
+// MaxDirectoryCacheTTL is BCB's limit on caching a lookup answer from the
+// DICT, which may be cached only for keys of legal persons (DOMAIN.md).
+const MaxDirectoryCacheTTL = 180 * time.Second
 
 // EntryCache caches this PSP's own entries: read-through on reads,
 // write-through on updates, write-around on creates and deletes. The
@@ -78,16 +104,19 @@ type LookupLedger interface {
 // is one PostgreSQL transaction holding the change, its audit row and its
 // outbox event.
 type Service struct {
-	cache    EntryCache
-	antiScan *AntiScan
-	counter  LookupCounter
-	lookups  LookupLedger
-	pool     *pgxpool.Pool
-	q        *sqlc.Queries
-	topic    string
-	names    map[string]string
-	now      func() time.Time
-	logger   *slog.Logger
+	directory      Directory
+	directoryCache DirectoryCache
+	directoryTTL   time.Duration
+	cache          EntryCache
+	antiScan       *AntiScan
+	counter        LookupCounter
+	lookups        LookupLedger
+	pool           *pgxpool.Pool
+	q              *sqlc.Queries
+	topic          string
+	names          map[string]string
+	now            func() time.Time
+	logger         *slog.Logger
 }
 
 // NewService returns a [Service] over cfg.Pool.
@@ -104,6 +133,13 @@ func NewService(cfg ServiceConfig) *Service {
 		antiScan: cfg.AntiScan,
 		counter:  cfg.LookupCounter,
 		lookups:  cfg.Lookups,
+
+		directory:      cfg.Directory,
+		directoryCache: cfg.DirectoryCache,
+		directoryTTL:   cfg.DirectoryCacheTTL,
+	}
+	if s.directoryTTL <= 0 || s.directoryTTL > MaxDirectoryCacheTTL {
+		s.directoryTTL = MaxDirectoryCacheTTL
 	}
 	if s.topic == "" {
 		s.topic = "persistent://dict/events/key-events"
@@ -639,15 +675,20 @@ func (s *Service) LookupKey(ctx context.Context, c Caller, in LookupInput) (Entr
 	}
 	e, err := s.entry(ctx, key)
 	if errors.Is(err, errNoOwnEntry) || (err == nil && e.Account.Participant != c.Participant) {
-		return Entry{}, PayerView{}, errDirectoryNotWired
+		// Not the caller's own key: BCB's answer, through the directory.
+		e, err = s.lookupDirectory(ctx, c, key, payerID, in.EndToEndID)
 	}
-	if err != nil {
+	found := err == nil
+	if err != nil && !errors.Is(err, errKeyNotInDirectory) {
 		return Entry{}, PayerView{}, err
 	}
 	if s.antiScan != nil {
-		if err := s.antiScan.Settle(ctx, c.Participant, payerType, payerID, true); err != nil {
+		if err := s.antiScan.Settle(ctx, c.Participant, payerType, payerID, found); err != nil {
 			return Entry{}, PayerView{}, err
 		}
+	}
+	if !found {
+		return Entry{}, PayerView{}, errKeyNotInDirectory
 	}
 	if s.counter != nil {
 		s.counter.Incr(ctx, e.Key, 1)
@@ -665,6 +706,33 @@ func (s *Service) LookupKey(ctx context.Context, c Caller, in LookupInput) (Entr
 		TaxIDMasked:     MaskTaxIDForPayer(e.Owner.TaxID),
 		ParticipantName: s.names[e.Account.Participant],
 	}, nil
+}
+
+var errKeyNotInDirectory = E(KindNotFound, ReasonEntryNotFound, "the key has no entry in the directory")
+
+// lookupDirectory asks the DICT for a key this PSP does not hold. Answers
+// about legal persons' keys are cached for at most 180 s, shared across
+// instances with one directory call per key at a time; natural persons'
+// keys are never cached (DOMAIN.md).
+func (s *Service) lookupDirectory(ctx context.Context, c Caller, key, payerID, e2e string) (Entry, error) {
+	if s.directory == nil {
+		return Entry{}, errDirectoryNotWired
+	}
+	load := func(ctx context.Context) (Entry, bool, error) {
+		e, found, err := s.directory.Lookup(ctx, c.Participant, key, payerID, e2e)
+		if err != nil {
+			return Entry{}, false, err
+		}
+		if !found {
+			return Entry{}, false, errKeyNotInDirectory
+		}
+		return e, e.Owner.Type == OwnerTypeLegalPerson, nil
+	}
+	if s.directoryCache == nil {
+		e, _, err := load(ctx)
+		return e, err
+	}
+	return s.directoryCache.GetOrLoad(ctx, key, s.directoryTTL, load)
 }
 
 // CreditPayment credits the anti-scanning buckets for a payment sent after

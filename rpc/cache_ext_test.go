@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os/exec"
+	"sync"
 	"testing"
 	"time"
 
@@ -17,12 +18,9 @@ import (
 	"github.com/lbpay-lab/core-dict/rpc/dict/v1/dictv1connect"
 )
 
-var e2eSeq = time.Now().UnixNano() % 1e9
-
 // newE2E returns a fresh end-to-end id of participant A.
 func newE2E() string {
-	e2eSeq++
-	return fmt.Sprintf("E%s202611271530%011d", partA, e2eSeq)
+	return fmt.Sprintf("E%s202611271530%011d", partA, seq.Add(1))
 }
 
 func retryDelay(err error) time.Duration {
@@ -245,4 +243,98 @@ func metricSum(t *testing.T, st *stack, name string) float64 {
 		}
 	}
 	return sum
+}
+
+// fakeDirectory stands in for the central DICT, which core-dict does not
+// reach yet: it holds other participants' entries and counts its calls.
+type fakeDirectory struct {
+	mu      sync.Mutex
+	entries map[string]dict.Entry
+	calls   map[string]int
+	delay   time.Duration
+}
+
+func (d *fakeDirectory) Lookup(ctx context.Context, _, key, _, _ string) (dict.Entry, bool, error) {
+	time.Sleep(d.delay)
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.calls[key]++
+	e, ok := d.entries[key]
+	return e, ok, nil
+}
+
+func (d *fakeDirectory) callsOf(key string) int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.calls[key]
+}
+
+// TestDirectoryLookupsCacheAside looks up keys held elsewhere: a legal
+// person's key is asked of the directory once, even by 40 concurrent
+// lookups on two instances, and then served from the cache; a natural
+// person's key is asked every time; a key not found costs the payer 20.
+func TestDirectoryLookupsCacheAside(t *testing.T) {
+	t.Parallel()
+	legalKey, naturalKey, missing := newEmail(), newEmail(), newEmail()
+	owned := func(key string, owner dict.Owner) dict.Entry {
+		return dict.Entry{KeyType: dict.KeyTypeEmail, Key: key, Owner: owner, Status: dict.EntryStatusActive,
+			Account: dict.Account{Participant: partC, Number: "123", Type: dict.AccountTypeCACC, OpenedAt: time.Unix(1e9, 0).UTC()}}
+	}
+	cnpj := newCNPJ(false)
+	dir := &fakeDirectory{calls: map[string]int{}, delay: 20 * time.Millisecond, entries: map[string]dict.Entry{
+		legalKey:   owned(legalKey, dict.Owner{Type: dict.OwnerTypeLegalPerson, TaxID: cnpj, Name: "Loja Exemplo SA", TradeName: "Loja"}),
+		naturalKey: owned(naturalKey, dict.Owner{Type: dict.OwnerTypeNaturalPerson, TaxID: newCPF(), Name: "João Souza"}),
+	}}
+	s1, err := newStackWith(env.db, redisTestURL(), dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s1.close()
+	s2, err := newStackWith(env.db, redisTestURL(), dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s2.close()
+	clients := []dictv1connect.CoreDictServiceClient{
+		dictv1connect.NewCoreDictServiceClient(clientHTTP(t, partA), s1.server.URL, connect.WithProtoJSON()),
+		dictv1connect.NewCoreDictServiceClient(clientHTTP(t, partA), s2.server.URL, connect.WithProtoJSON()),
+	}
+	lookup := func(c dictv1connect.CoreDictServiceClient, key, payer string) (*dictv1.LookupKeyResponse, error) {
+		return c.LookupKey(context.Background(), &dictv1.LookupKeyRequest{Key: key, PayerId: payer, EndToEndId: newE2E()})
+	}
+	var wg sync.WaitGroup
+	for i := 0; i < 40; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			res, err := lookup(clients[i%2], legalKey, newCNPJ(false))
+			if err != nil {
+				t.Errorf("lookup %d: %v", i, err)
+				return
+			}
+			if got := res.GetPayerView().GetTaxIdMasked(); got != cnpj {
+				t.Errorf("payer view tax id = %q, want the CNPJ in full", got)
+			}
+		}()
+	}
+	wg.Wait()
+	if n := dir.callsOf(legalKey); n != 1 {
+		t.Errorf("directory asked %d times for a legal person's key, want 1", n)
+	}
+	for i := 0; i < 3; i++ {
+		if _, err := lookup(clients[i%2], naturalKey, newCPF()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := dir.callsOf(naturalKey); n != 3 {
+		t.Errorf("directory asked %d times for a natural person's key in 3 lookups, want 3 (never cached)", n)
+	}
+	// Not found costs 20: a natural-person payer (100 tokens) gets 5.
+	payer := newCPF()
+	for i := 0; i < 5; i++ {
+		_, err := lookup(clients[0], missing, payer)
+		wantErr(t, err, connect.CodeNotFound, dict.ReasonEntryNotFound)
+	}
+	_, err = lookup(clients[0], missing, payer)
+	wantErr(t, err, connect.CodeResourceExhausted, dict.ReasonRateLimited)
 }

@@ -96,6 +96,12 @@ func (s *stack) close() {
 }
 
 func newStack(db *testdb.DB, redisURL string) (*stack, error) {
+	return newStackWith(db, redisURL, nil)
+}
+
+// newStackWith is newStack with a directory for the keys this PSP does not
+// hold.
+func newStackWith(db *testdb.DB, redisURL string, dir dict.Directory) (*stack, error) {
 	auth, err := rpc.NewAuthenticator(rpc.AuthConfig{
 		HS256Secret:  apiSecret,
 		Participants: []string{partA, partB},
@@ -110,6 +116,7 @@ func newStack(db *testdb.DB, redisURL string) (*stack, error) {
 		Pool:             db.Pool,
 		Logger:           logger,
 		ParticipantNames: map[string]string{partA: "Banco A"},
+		Directory:        dir,
 	}
 	if redisURL != "" {
 		rc := cachelayer.DefaultConfig()
@@ -134,6 +141,7 @@ func newStack(db *testdb.DB, redisURL string) (*stack, error) {
 		cfg.AntiScan = antiScan
 		cfg.LookupCounter = st.counter
 		cfg.Lookups = cachelayer.NewOneShot(st.redis, "dict:lookup:"+db.Name+":", time.Hour)
+		cfg.DirectoryCache = cachelayer.NewCacheAside[dict.Entry](st.redis, "dict:directory:"+db.Name+":")
 		svc = dict.NewService(cfg)
 		st.svc = svc
 	} else {
