@@ -13,19 +13,19 @@ import (
 // that the payment that follows can credit the anti-scanning buckets once,
 // and only for a lookup that really happened.
 type OneShot struct {
-	conn   Conn
+	src    RedisSource
 	prefix string
 	ttl    time.Duration
 }
 
 // NewOneShot returns a store of values under prefix, each living ttl.
-func NewOneShot(conn Conn, prefix string, ttl time.Duration) *OneShot {
-	return &OneShot{conn: conn, prefix: prefix, ttl: ttl}
+func NewOneShot(src RedisSource, prefix string, ttl time.Duration) *OneShot {
+	return &OneShot{src: src, prefix: prefix, ttl: ttl}
 }
 
 // Put stores value under id, unless id is already stored.
 func (o *OneShot) Put(ctx context.Context, id, value string) error {
-	r, err := o.conn.Rueidis()
+	r, err := o.src.Rueidis()
 	if err != nil {
 		return err
 	}
@@ -34,7 +34,7 @@ func (o *OneShot) Put(ctx context.Context, id, value string) error {
 		return nil
 	}
 	if err != nil {
-		o.conn.Failed(ctx, err)
+		sourceFailed(ctx, o.src, err)
 	}
 	return err
 }
@@ -42,7 +42,7 @@ func (o *OneShot) Put(ctx context.Context, id, value string) error {
 // Take returns and removes the value under id; ok is false when there is
 // none.
 func (o *OneShot) Take(ctx context.Context, id string) (value string, ok bool, err error) {
-	r, err := o.conn.Rueidis()
+	r, err := o.src.Rueidis()
 	if err != nil {
 		return "", false, err
 	}
@@ -51,7 +51,7 @@ func (o *OneShot) Take(ctx context.Context, id string) (value string, ok bool, e
 		return "", false, nil
 	}
 	if err != nil {
-		o.conn.Failed(ctx, err)
+		sourceFailed(ctx, o.src, err)
 		return "", false, errors.Join(errors.New("one-shot take"), err)
 	}
 	return v, true, nil

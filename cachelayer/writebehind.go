@@ -32,7 +32,7 @@ type FlushFunc func(ctx context.Context, batchID string, counts map[string]int64
 // pending hash to a batch of its own (atomically, in Lua), so each
 // increment belongs to exactly one batch.
 type WriteBehindCounter struct {
-	conn     Conn
+	src      RedisSource
 	pending  string // {wb:name}:pending
 	batches  string // {wb:name}:batches, the set of batch ids not yet applied
 	prefix   string // {wb:name}:batch:
@@ -74,10 +74,10 @@ func WithWriteBehindLogger(l *slog.Logger) WriteBehindOption {
 
 // NewWriteBehindCounter returns a counter named name (its Redis keys share
 // the hash tag {wb:name}, so its scripts work on Redis Cluster).
-func NewWriteBehindCounter(conn Conn, name string, flush FlushFunc, opts ...WriteBehindOption) *WriteBehindCounter {
+func NewWriteBehindCounter(src RedisSource, name string, flush FlushFunc, opts ...WriteBehindOption) *WriteBehindCounter {
 	tag := "{wb:" + name + "}"
 	w := &WriteBehindCounter{
-		conn:     conn,
+		src:      src,
 		pending:  tag + ":pending",
 		batches:  tag + ":batches",
 		prefix:   tag + ":batch:",
@@ -109,12 +109,12 @@ func NewWriteBehindCounter(conn Conn, name string, flush FlushFunc, opts ...Writ
 // Incr adds n to field. It never fails: when Redis does, the increment is
 // kept in process until the next flush.
 func (w *WriteBehindCounter) Incr(ctx context.Context, field string, n int64) {
-	if r, err := w.conn.Rueidis(); err == nil {
+	if r, err := w.src.Rueidis(); err == nil {
 		err = r.Do(ctx, r.B().Hincrby().Key(w.pending).Field(field).Increment(n).Build()).Error()
 		if err == nil {
 			return
 		}
-		w.conn.Failed(ctx, err)
+		sourceFailed(ctx, w.src, err)
 	}
 	w.fallbacks.Inc()
 	w.mu.Lock()
@@ -136,9 +136,9 @@ return 1
 // now, then what was kept in process while Redis failed.
 func (w *WriteBehindCounter) Flush(ctx context.Context) error {
 	var errs []error
-	if r, err := w.conn.Rueidis(); err == nil {
+	if r, err := w.src.Rueidis(); err == nil {
 		if err := w.flushRedis(ctx, r); err != nil {
-			w.conn.Failed(ctx, err)
+			sourceFailed(ctx, w.src, err)
 			errs = append(errs, err)
 		}
 	}

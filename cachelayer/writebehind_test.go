@@ -52,7 +52,7 @@ func TestWriteBehindFlushesBatches(t *testing.T) {
 	svc := wbService(t)
 	r := newRedisClient(t)
 	name := wbName(t)
-	w := cachelayer.NewWriteBehindCounter(cachelayer.Static(r), name, svc.ApplyLookupCounts)
+	w := cachelayer.NewWriteBehindCounter(cachelayer.FixedRedis(r), name, svc.ApplyLookupCounts)
 	ctx := context.Background()
 	keyA, keyB := name+"-a", name+"-b"
 	var wg sync.WaitGroup
@@ -96,7 +96,7 @@ func TestWriteBehindBatchAppliedOnce(t *testing.T) {
 		}
 		return nil
 	}
-	w := cachelayer.NewWriteBehindCounter(cachelayer.Static(r), name, flush)
+	w := cachelayer.NewWriteBehindCounter(cachelayer.FixedRedis(r), name, flush)
 	ctx := context.Background()
 	w.Incr(ctx, name, 7)
 	if err := w.Flush(ctx); err == nil {
@@ -139,7 +139,7 @@ func TestWriteBehindSurvivesKill(t *testing.T) {
 	if c, _ := svc.LookupCount(ctx, name); c != 0 {
 		t.Fatalf("the killed child flushed %d counts; it must not have had the chance", c)
 	}
-	w := cachelayer.NewWriteBehindCounter(cachelayer.Static(newRedisClient(t)), name, svc.ApplyLookupCounts)
+	w := cachelayer.NewWriteBehindCounter(cachelayer.FixedRedis(newRedisClient(t)), name, svc.ApplyLookupCounts)
 	if err := w.Close(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -160,7 +160,7 @@ func writeBehindChild() {
 	if err != nil {
 		panic(err)
 	}
-	w := cachelayer.NewWriteBehindCounter(cachelayer.Static(r), name, func(context.Context, string, map[string]int64) error {
+	w := cachelayer.NewWriteBehindCounter(cachelayer.FixedRedis(r), name, func(context.Context, string, map[string]int64) error {
 		return errors.New("the child never flushes")
 	})
 	for i := 0; i < n; i++ {
@@ -180,7 +180,7 @@ func TestWriteBehindWithoutRedis(t *testing.T) {
 	// A client whose Redis went away: closed before use.
 	r := newRedisClient(t)
 	r.Close()
-	w := cachelayer.NewWriteBehindCounter(cachelayer.Static(r), name, svc.ApplyLookupCounts)
+	w := cachelayer.NewWriteBehindCounter(cachelayer.FixedRedis(r), name, svc.ApplyLookupCounts)
 	ctx := context.Background()
 	for i := 0; i < 5; i++ {
 		w.Incr(ctx, name, 1)

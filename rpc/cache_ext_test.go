@@ -13,7 +13,9 @@ import (
 	"github.com/google/uuid"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 
+	"github.com/lbpay-lab/core-dict/cachelayer"
 	"github.com/lbpay-lab/core-dict/dict"
+	"github.com/lbpay-lab/core-dict/rpc"
 	dictv1 "github.com/lbpay-lab/core-dict/rpc/dict/v1"
 	"github.com/lbpay-lab/core-dict/rpc/dict/v1/dictv1connect"
 )
@@ -337,4 +339,59 @@ func TestDirectoryLookupsCacheAside(t *testing.T) {
 	}
 	_, err = lookup(clients[0], missing, payer)
 	wantErr(t, err, connect.CodeResourceExhausted, dict.ReasonRateLimited)
+}
+
+// TestRequestRateLimits puts the per-IP and per-account GCRA limiters in
+// front of the service: an account over its rate is refused with
+// RESOURCE_EXHAUSTED and RetryInfo, while another account goes on.
+func TestRequestRateLimits(t *testing.T) {
+	t.Parallel()
+	rc := cachelayer.DefaultConfig()
+	rc.URL = redisTestURL()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	redis, err := cachelayer.NewClient(ctx, rc)
+	cancel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer redis.Close()
+	prefix := cachelayer.WithLimitKeyPrefix("limit:test:" + uuid.NewString() + ":")
+	ip, err := cachelayer.NewIPRateLimiter(cachelayer.NewRueidisScripter(redis), cachelayer.RatePerSecond(1000), prefix)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// 5 requests per minute: no refill can sneak in during the test.
+	account, err := cachelayer.NewAccountRateLimiter(cachelayer.NewRueidisScripter(redis),
+		cachelayer.RateLimit{Rate: 5, Burst: 5, Period: time.Minute}, prefix)
+	if err != nil {
+		t.Fatal(err)
+	}
+	multi, err := cachelayer.NewMultiKeyLimiter([]cachelayer.KeyedLimiter{ip, account})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := newStackWith(env.db, redisTestURL(), nil, rpc.RateLimitInterceptor(multi))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.close()
+	a := dictv1connect.NewCoreDictServiceClient(clientHTTP(t, partA), st.server.URL, connect.WithProtoJSON())
+	b := dictv1connect.NewCoreDictServiceClient(clientHTTP(t, partB), st.server.URL, connect.WithProtoJSON())
+	call := func(c dictv1connect.CoreDictServiceClient) error {
+		_, err := c.GetSyncStatus(context.Background(), &dictv1.GetSyncStatusRequest{})
+		return err
+	}
+	for i := 0; i < 5; i++ {
+		if err := call(a); err != nil {
+			t.Fatalf("request %d of 5: %v", i+1, err)
+		}
+	}
+	err = call(a)
+	wantErr(t, err, connect.CodeResourceExhausted, dict.ReasonRateLimited)
+	if d := retryDelay(err); d <= 0 || d > 12*time.Second {
+		t.Errorf("RetryInfo delay = %v, want within (0, 12s] at 5 per minute", d)
+	}
+	if err := call(b); err != nil {
+		t.Errorf("another account refused: %v", err)
+	}
 }

@@ -101,7 +101,7 @@ func newStack(db *testdb.DB, redisURL string) (*stack, error) {
 
 // newStackWith is newStack with a directory for the keys this PSP does not
 // hold.
-func newStackWith(db *testdb.DB, redisURL string, dir dict.Directory) (*stack, error) {
+func newStackWith(db *testdb.DB, redisURL string, dir dict.Directory, interceptors ...connect.Interceptor) (*stack, error) {
 	auth, err := rpc.NewAuthenticator(rpc.AuthConfig{
 		HS256Secret:  apiSecret,
 		Participants: []string{partA, partB},
@@ -152,6 +152,8 @@ func newStackWith(db *testdb.DB, redisURL string, dir dict.Directory) (*stack, e
 		Auth:    auth,
 		Metrics: rpc.NewMetrics(st.registry),
 		Logger:  logger,
+
+		Interceptors: interceptors,
 	})
 	s := httptest.NewUnstartedServer(mux)
 	s.Config.Protocols = new(http.Protocols)
