@@ -8,6 +8,7 @@ TOOL := $(GO) tool -modfile=tools/go.mod
 export DATABASE_URL      ?= postgres://coredict:coredict@127.0.0.1:5432/coredict?sslmode=disable
 export JWT_SECRET        ?= local-dev-secret-0123456789abcdef0123
 export DICT_PARTICIPANTS ?= 12345678,87654321
+export DICT_PARTICIPANT_CATEGORY ?= A
 
 GEN_TMP := .deps/gen-check
 
