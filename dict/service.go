@@ -356,6 +356,17 @@ func (s *Service) GetKey(ctx context.Context, c Caller, t KeyType, key string) (
 	return e, nil
 }
 
+// ownEntryForUpdate locks one of the caller participant's entries for a
+// change; another participant's entry is not found, so its existence is
+// not revealed.
+func ownEntryForUpdate(ctx context.Context, q *sqlc.Queries, key, participant string) (sqlc.Entry, error) {
+	row, err := q.GetEntryForUpdate(ctx, key)
+	if errors.Is(err, pgx.ErrNoRows) || (err == nil && row.Participant != participant) {
+		return sqlc.Entry{}, errNoOwnEntry
+	}
+	return row, err
+}
+
 var errNoOwnEntry = E(KindNotFound, ReasonEntryNotFound, "no entry for this key at the caller's participant")
 
 // entry reads one of this PSP's entries (any participant it serves),
@@ -495,10 +506,8 @@ func (s *Service) UpdateKey(ctx context.Context, c Caller, in UpdateKeyInput) (E
 			out, replayed = prior, done
 			return err
 		}
-		row, err := q.GetEntryForUpdate(ctx, key)
-		if errors.Is(err, pgx.ErrNoRows) || (err == nil && row.Participant != c.Participant) {
-			return E(KindNotFound, ReasonEntryNotFound, "no entry for this key at the caller's participant")
-		} else if err != nil {
+		row, err := ownEntryForUpdate(ctx, q, key, c.Participant)
+		if err != nil {
 			return err
 		}
 		before := entryFromRow(row)
@@ -599,10 +608,8 @@ func (s *Service) DeleteKey(ctx context.Context, c Caller, in DeleteKeyInput) (E
 			out, replayed = prior, done
 			return err
 		}
-		row, err := q.GetEntryForUpdate(ctx, key)
-		if errors.Is(err, pgx.ErrNoRows) || (err == nil && row.Participant != c.Participant) {
-			return E(KindNotFound, ReasonEntryNotFound, "no entry for this key at the caller's participant")
-		} else if err != nil {
+		row, err := ownEntryForUpdate(ctx, q, key, c.Participant)
+		if err != nil {
 			return err
 		}
 		if err := lockedByClaim(ctx, q, key); err != nil {

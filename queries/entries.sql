@@ -4,9 +4,6 @@ SELECT * FROM entries WHERE key = $1;
 -- name: GetEntryForUpdate :one
 SELECT * FROM entries WHERE key = $1 FOR UPDATE;
 
--- name: GetOwnEntry :one
-SELECT * FROM entries WHERE key = $1 AND participant = $2;
-
 -- name: InsertEntry :exec
 INSERT INTO entries (
     key, key_type, participant, branch, account_number, account_type, account_opened_at,

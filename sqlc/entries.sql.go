@@ -111,44 +111,6 @@ func (q *Queries) GetEntryForUpdate(ctx context.Context, key string) (Entry, err
 	return i, err
 }
 
-const getOwnEntry = `-- name: GetOwnEntry :one
-SELECT key, key_type, participant, branch, account_number, account_type, account_opened_at, owner_type, owner_tax_id, owner_name, owner_trade_name, status, created_at, key_owned_since, updated_at, request_id, cid, cid_w0, cid_w1, cid_w2, cid_w3 FROM entries WHERE key = $1 AND participant = $2
-`
-
-type GetOwnEntryParams struct {
-	Key         string
-	Participant string
-}
-
-func (q *Queries) GetOwnEntry(ctx context.Context, arg GetOwnEntryParams) (Entry, error) {
-	row := q.db.QueryRow(ctx, getOwnEntry, arg.Key, arg.Participant)
-	var i Entry
-	err := row.Scan(
-		&i.Key,
-		&i.KeyType,
-		&i.Participant,
-		&i.Branch,
-		&i.AccountNumber,
-		&i.AccountType,
-		&i.AccountOpenedAt,
-		&i.OwnerType,
-		&i.OwnerTaxID,
-		&i.OwnerName,
-		&i.OwnerTradeName,
-		&i.Status,
-		&i.CreatedAt,
-		&i.KeyOwnedSince,
-		&i.UpdatedAt,
-		&i.RequestID,
-		&i.Cid,
-		&i.CidW0,
-		&i.CidW1,
-		&i.CidW2,
-		&i.CidW3,
-	)
-	return i, err
-}
-
 const insertEntry = `-- name: InsertEntry :exec
 INSERT INTO entries (
     key, key_type, participant, branch, account_number, account_type, account_opened_at,
