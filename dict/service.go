@@ -13,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	dictv1 "github.com/lbpay-lab/core-dict/rpc/dict/v1"
 	"github.com/lbpay-lab/core-dict/sqlc"
 )
 
@@ -230,7 +231,9 @@ func (s *Service) CreateKey(ctx context.Context, c Caller, in CreateKeyInput) (E
 		if err := s.record(ctx, q, c, "CreateKey", e.Key, reqID, ReasonUnspecified, nil, &e); err != nil {
 			return err
 		}
-		if err := s.emit(ctx, q, c, "KeyCreated", e, map[string]any{"cid_events": []cidEvent{{"ADDED", e.CID}}}); err != nil {
+		if err := s.emitEntry(ctx, q, c, e, &dictv1.EventEnvelope{EventType: "KeyCreated",
+			Payload: &dictv1.EventEnvelope_KeyCreated{KeyCreated: &dictv1.KeyCreated{
+				Entry: e.Proto(), RequestId: reqID.String(), CidEvents: []*dictv1.CidEvent{cidAdded(e.CID)}}}}); err != nil {
 			return err
 		}
 		out = e
@@ -555,10 +558,10 @@ func (s *Service) UpdateKey(ctx context.Context, c Caller, in UpdateKeyInput) (E
 		if err := s.record(ctx, q, c, "UpdateKey", key, reqID, in.Reason, &before, &after); err != nil {
 			return err
 		}
-		if err := s.emit(ctx, q, c, "KeyUpdated", after, map[string]any{
-			"reason":     in.Reason.String(),
-			"cid_events": []cidEvent{{"REMOVED", before.CID}, {"ADDED", after.CID}},
-		}); err != nil {
+		if err := s.emitEntry(ctx, q, c, after, &dictv1.EventEnvelope{EventType: "KeyUpdated",
+			Payload: &dictv1.EventEnvelope_KeyUpdated{KeyUpdated: &dictv1.KeyUpdated{
+				Entry: after.Proto(), RequestId: reqID.String(), Reason: dictv1.Reason(in.Reason),
+				CidEvents: []*dictv1.CidEvent{cidRemoved(before.CID), cidAdded(after.CID)}}}}); err != nil {
 			return err
 		}
 		out = after
@@ -625,10 +628,10 @@ func (s *Service) DeleteKey(ctx context.Context, c Caller, in DeleteKeyInput) (E
 		if err := s.record(ctx, q, c, "DeleteKey", key, reqID, in.Reason, &before, &after); err != nil {
 			return err
 		}
-		if err := s.emit(ctx, q, c, "KeyDeleted", after, map[string]any{
-			"reason":     in.Reason.String(),
-			"cid_events": []cidEvent{{"REMOVED", before.CID}},
-		}); err != nil {
+		if err := s.emitEntry(ctx, q, c, after, &dictv1.EventEnvelope{EventType: "KeyDeleted",
+			Payload: &dictv1.EventEnvelope_KeyDeleted{KeyDeleted: &dictv1.KeyDeleted{
+				Entry: after.Proto(), RequestId: reqID.String(), Reason: dictv1.Reason(in.Reason),
+				CidEvents: []*dictv1.CidEvent{cidRemoved(before.CID)}}}}); err != nil {
 			return err
 		}
 		out = after
@@ -950,42 +953,6 @@ func (s *Service) record(ctx context.Context, q *sqlc.Queries, c Caller, action,
 	return q.InsertAudit(ctx, sqlc.InsertAuditParams{
 		At: s.now().UTC(), Participant: c.Participant, Actor: c.Subject, Action: action, Key: key,
 		RequestID: uuid.NullUUID{UUID: reqID, Valid: true}, Reason: reason, Before: b, After: a,
-	})
-}
-
-type cidEvent struct {
-	Type string `json:"type"`
-	CID  string `json:"cid"`
-}
-
-// emit writes the event a change implies to the outbox, in the change's
-// transaction; the relay publishes it after commit, keyed by the key so one
-// key's events stay in order.
-func (s *Service) emit(ctx context.Context, q *sqlc.Queries, c Caller, eventType string, e Entry, extra map[string]any) error {
-	id := uuid.New()
-	now := s.now().UTC()
-	payload := map[string]any{
-		"event_id":       id.String(),
-		"event_type":     eventType,
-		"aggregate_type": "Entry",
-		"aggregate_id":   e.Key,
-		"participant":    c.Participant,
-		"occurred_at":    now,
-		"key_type":       e.KeyType.String(),
-		"key":            e.Key,
-		"cid":            e.CID,
-	}
-	for k, v := range extra {
-		payload[k] = v
-	}
-	b, err := json.Marshal(payload)
-	if err != nil {
-		return err
-	}
-	return q.InsertOutbox(ctx, sqlc.InsertOutboxParams{
-		ID: id, CreatedAt: now, Topic: s.topic, PartitionKey: e.Key, EventType: eventType,
-		AggregateType: "Entry", AggregateID: e.Key, Participant: c.Participant,
-		ContentType: "application/json", Payload: b,
 	})
 }
 

@@ -52,31 +52,7 @@ func timeOut(t time.Time) *timestamppb.Timestamp {
 	return timestamppb.New(t)
 }
 
-func entryOut(e dict.Entry) *dictv1.Entry {
-	return &dictv1.Entry{
-		KeyType: dictv1.KeyType(e.KeyType),
-		Key:     e.Key,
-		Account: &dictv1.Account{
-			Participant: e.Account.Participant,
-			Branch:      e.Account.Branch,
-			Number:      e.Account.Number,
-			Type:        dictv1.AccountType(e.Account.Type),
-			OpenedAt:    timeOut(e.Account.OpenedAt),
-		},
-		Owner: &dictv1.Owner{
-			Type:      dictv1.OwnerType(e.Owner.Type),
-			TaxId:     e.Owner.TaxID,
-			Name:      e.Owner.Name,
-			TradeName: e.Owner.TradeName,
-		},
-		Status:        dictv1.EntryStatus(e.Status),
-		CreatedAt:     timeOut(e.CreatedAt),
-		KeyOwnedSince: timeOut(e.KeyOwnedSince),
-		UpdatedAt:     timeOut(e.UpdatedAt),
-		Cid:           e.CID,
-		RequestId:     e.RequestID.String(),
-	}
-}
+func entryOut(e dict.Entry) *dictv1.Entry { return e.Proto() }
 
 func syncResultOut(r string) dictv1.SyncResult {
 	switch r {

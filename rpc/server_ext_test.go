@@ -22,6 +22,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/lbpay-lab/core-dict/cachelayer"
@@ -1066,4 +1067,76 @@ func TestHealthAndReflectionNeedNoToken(t *testing.T) {
 	if st := res.Trailer.Get("Grpc-Status"); st != "0" || !bytes.Contains(body, []byte("dict.v1.CoreDictService")) {
 		t.Errorf("reflection v1alpha: grpc-status %q, body %q", st, body)
 	}
+}
+
+// TestOutboxEnvelopes reads back what each write left in the outbox: one
+// dict.v1.EventEnvelope per change, with its payload and CID events.
+func TestOutboxEnvelopes(t *testing.T) {
+	t.Parallel()
+	c := client(t, partA)
+	e := mustCreate(t, c, createReq(dictv1.KeyType_KEY_TYPE_EMAIL, newEmail(), account(partA), naturalOwner(newCPF())))
+	u, err := c.UpdateKey(context.Background(), &dictv1.UpdateKeyRequest{RequestId: uuid.NewString(), Key: e.GetKey(),
+		Account: account(partA), Owner: &dictv1.Owner{Name: "Maria Souza"}, Reason: dictv1.Reason_REASON_USER_REQUESTED})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.DeleteKey(context.Background(), &dictv1.DeleteKeyRequest{RequestId: uuid.NewString(), Key: e.GetKey(), Reason: dictv1.Reason_REASON_FRAUD}); err != nil {
+		t.Fatal(err)
+	}
+	rows, err := env.db.Pool.Query(context.Background(),
+		"SELECT id::text, event_type, partition_key, content_type, payload FROM outbox WHERE aggregate_id = $1 ORDER BY created_at, id", e.GetKey())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	type got struct{ Type, CIDs string }
+	var events []got
+	for rows.Next() {
+		var id, typ, pk, ct string
+		var payload []byte
+		if err := rows.Scan(&id, &typ, &pk, &ct, &payload); err != nil {
+			t.Fatal(err)
+		}
+		var env dictv1.EventEnvelope
+		if err := proto.Unmarshal(payload, &env); err != nil {
+			t.Fatalf("outbox payload is not an EventEnvelope: %v", err)
+		}
+		if env.GetEventId() != id || env.GetEventType() != typ || pk != e.GetKey() || ct != dict.EventContentType ||
+			env.GetParticipant() != partA || env.GetSchemaVersion() != 1 {
+			t.Errorf("envelope %v does not match its row (id %s, type %s, key %s, content type %s)", &env, id, typ, pk, ct)
+		}
+		var cids string
+		var entry *dictv1.Entry
+		switch p := env.GetPayload().(type) {
+		case *dictv1.EventEnvelope_KeyCreated:
+			entry, cids = p.KeyCreated.GetEntry(), cidList(p.KeyCreated.GetCidEvents())
+		case *dictv1.EventEnvelope_KeyUpdated:
+			entry, cids = p.KeyUpdated.GetEntry(), cidList(p.KeyUpdated.GetCidEvents())
+		case *dictv1.EventEnvelope_KeyDeleted:
+			entry, cids = p.KeyDeleted.GetEntry(), cidList(p.KeyDeleted.GetCidEvents())
+			if p.KeyDeleted.GetReason() != dictv1.Reason_REASON_FRAUD {
+				t.Errorf("delete reason = %v", p.KeyDeleted.GetReason())
+			}
+		}
+		if entry.GetKey() != e.GetKey() {
+			t.Errorf("%s carries entry %q", typ, entry.GetKey())
+		}
+		events = append(events, got{typ, cids})
+	}
+	want := []got{
+		{"KeyCreated", "ADDED " + e.GetCid()},
+		{"KeyUpdated", "REMOVED " + e.GetCid() + ",ADDED " + u.GetEntry().GetCid()},
+		{"KeyDeleted", "REMOVED " + u.GetEntry().GetCid()},
+	}
+	if diff := cmp.Diff(want, events); diff != "" {
+		t.Errorf("outbox events mismatch (-want +got):\n%s", diff)
+	}
+}
+
+func cidList(evs []*dictv1.CidEvent) string {
+	var out []string
+	for _, ev := range evs {
+		out = append(out, strings.TrimPrefix(ev.GetType().String(), "CID_EVENT_TYPE_")+" "+ev.GetCid())
+	}
+	return strings.Join(out, ",")
 }
