@@ -31,6 +31,7 @@ import (
 
 	"github.com/lbpay-lab/core-dict/cachelayer"
 	"github.com/lbpay-lab/core-dict/dict"
+	"github.com/lbpay-lab/core-dict/eventbus"
 	"github.com/lbpay-lab/core-dict/internal/dictcache"
 	"github.com/lbpay-lab/core-dict/rpc"
 	"github.com/lbpay-lab/core-dict/schema"
@@ -78,6 +79,7 @@ type config struct {
 	KeyEventsTopic   string
 	LogLevel         slog.Level
 
+	Pulsar              eventbus.Config
 	Redis               cachelayer.Config
 	ParticipantCategory string
 	LookupFlushInterval time.Duration
@@ -142,7 +144,6 @@ func loadConfig() (config, error) {
 		WriteTimeout:    e.dur("HTTP_WRITE_TIMEOUT", 30*time.Second),
 		IdleTimeout:     e.dur("HTTP_IDLE_TIMEOUT", 120*time.Second),
 		ShutdownTimeout: e.dur("SHUTDOWN_TIMEOUT", 25*time.Second),
-		KeyEventsTopic:  e.str("PULSAR_TOPIC_KEY_EVENTS", "persistent://dict/events/key-events"),
 	}
 	c.ParticipantCategory = strings.ToUpper(e.str("DICT_PARTICIPANT_CATEGORY", "H"))
 	if _, ok := dict.ParticipantBuckets[c.ParticipantCategory]; !ok {
@@ -152,6 +153,12 @@ func loadConfig() (config, error) {
 	c.PaymentCreditWindow = e.dur("PAYMENT_CREDIT_WINDOW", time.Hour)
 	c.RateLimitIP = e.int("RATE_LIMIT_IP_RPS", 1000, 1, 1_000_000)
 	c.RateLimitAccount = e.int("RATE_LIMIT_ACCOUNT_RPS", 500, 1, 1_000_000)
+	if pc, err := eventbus.ConfigFromEnv(os.Getenv); err != nil {
+		e.fail("%v", err)
+	} else {
+		c.Pulsar = pc
+		c.KeyEventsTopic = pc.TopicKeyEvents
+	}
 	if rc, err := cachelayer.ConfigFromEnv(os.Getenv); err != nil {
 		e.fail("%v", err)
 	} else {
@@ -274,6 +281,25 @@ func runServe(args []string) error {
 		DirectoryCache:   cachelayer.NewCacheAside[dict.Entry](redis, "dict:directory:"),
 	})
 	lookupCounts.Start()
+
+	// The outbox relay publishes what the use cases' transactions committed;
+	// nothing is published inside a request. Pulsar being down only grows
+	// the backlog: the relay retries and the RPCs go on.
+	bus, err := eventbus.NewClient(cfg.Pulsar, eventbus.WithLogger(logger), eventbus.WithRegisterer(reg))
+	if err != nil {
+		return fmt.Errorf("PULSAR_URL: %w", err)
+	}
+	defer bus.Close()
+	relay := eventbus.NewRelay(pool, bus.Pulsar(), eventbus.WithRelayRegistry(reg), eventbus.WithRelayLogger(logger))
+	relayCtx, stopRelay := context.WithCancel(context.Background())
+	relayDone := make(chan error, 1)
+	go func() {
+		err := relay.Run(relayCtx)
+		if err != nil && relayCtx.Err() == nil {
+			logger.Error("outbox relay did not start; events stay in the outbox until a relay runs", "err", err)
+		}
+		relayDone <- err
+	}()
 	mux := rpc.NewMux(rpc.ServerConfig{
 		Service:         svc,
 		Auth:            auth,
@@ -323,7 +349,13 @@ func runServe(args []string) error {
 	sctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
 	defer cancel()
 	serr := api.Shutdown(sctx)
-	// Requests have drained: flush the lookup counts still pending.
+	// Requests have drained: stop the relay (it flushes its producers and
+	// releases its lanes; what it did not publish, the next relay will),
+	// then flush the lookup counts still pending.
+	stopRelay()
+	if rerr := <-relayDone; rerr != nil {
+		logger.Error("outbox relay stopped with an error", "err", rerr)
+	}
 	if ferr := lookupCounts.Close(sctx); ferr != nil {
 		logger.Error("lookup counts not flushed; they stay in Redis for the next instance", "err", ferr)
 	}

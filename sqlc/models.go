@@ -85,6 +85,19 @@ type Outbox struct {
 	ContentType   string
 	Payload       []byte
 	PublishedAt   pgtype.Timestamptz
+	Seq           pgtype.Int8
+	Lane          pgtype.Int2
+	LaneSeq       pgtype.Int8
+	Attempts      int32
+	LastError     pgtype.Text
+	Traceparent   pgtype.Text
+}
+
+type OutboxLane struct {
+	Lane       int16
+	Owner      string
+	LeaseUntil time.Time
+	NextSeq    int64
 }
 
 type Request struct {

@@ -10,7 +10,61 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5/pgtype"
 )
+
+const advanceOutboxLane = `-- name: AdvanceOutboxLane :exec
+UPDATE outbox_lanes SET next_seq = $1::bigint WHERE lane = $2
+`
+
+type AdvanceOutboxLaneParams struct {
+	NextSeq int64
+	Lane    int16
+}
+
+func (q *Queries) AdvanceOutboxLane(ctx context.Context, arg AdvanceOutboxLaneParams) error {
+	_, err := q.db.Exec(ctx, advanceOutboxLane, arg.NextSeq, arg.Lane)
+	return err
+}
+
+const claimOutboxLanes = `-- name: ClaimOutboxLanes :many
+UPDATE outbox_lanes SET owner = $1::text, lease_until = now() + $2::interval
+WHERE lane IN (
+    SELECT l.lane FROM outbox_lanes l
+    WHERE l.lease_until < now()
+    ORDER BY l.lane
+    LIMIT $3::int
+    FOR UPDATE SKIP LOCKED)
+RETURNING lane
+`
+
+type ClaimOutboxLanesParams struct {
+	Owner    string
+	Ttl      pgtype.Interval
+	MaxLanes int32
+}
+
+// Takes up to max_lanes free or expired lanes; SKIP LOCKED so concurrent
+// relays never wait on each other.
+func (q *Queries) ClaimOutboxLanes(ctx context.Context, arg ClaimOutboxLanesParams) ([]int16, error) {
+	rows, err := q.db.Query(ctx, claimOutboxLanes, arg.Owner, arg.Ttl, arg.MaxLanes)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []int16{}
+	for rows.Next() {
+		var lane int16
+		if err := rows.Scan(&lane); err != nil {
+			return nil, err
+		}
+		items = append(items, lane)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
 
 const insertOutbox = `-- name: InsertOutbox :exec
 INSERT INTO outbox (id, created_at, topic, partition_key, event_type, aggregate_type, aggregate_id, participant, content_type, payload)
@@ -47,7 +101,7 @@ func (q *Queries) InsertOutbox(ctx context.Context, arg InsertOutboxParams) erro
 }
 
 const listOutboxByAggregate = `-- name: ListOutboxByAggregate :many
-SELECT id, created_at, topic, partition_key, event_type, aggregate_type, aggregate_id, participant, content_type, payload, published_at FROM outbox WHERE aggregate_id = $1 ORDER BY created_at, id
+SELECT id, created_at, topic, partition_key, event_type, aggregate_type, aggregate_id, participant, content_type, payload, published_at, seq, lane, lane_seq, attempts, last_error, traceparent FROM outbox WHERE aggregate_id = $1 ORDER BY created_at, id
 `
 
 func (q *Queries) ListOutboxByAggregate(ctx context.Context, aggregateID string) ([]Outbox, error) {
@@ -71,6 +125,12 @@ func (q *Queries) ListOutboxByAggregate(ctx context.Context, aggregateID string)
 			&i.ContentType,
 			&i.Payload,
 			&i.PublishedAt,
+			&i.Seq,
+			&i.Lane,
+			&i.LaneSeq,
+			&i.Attempts,
+			&i.LastError,
+			&i.Traceparent,
 		); err != nil {
 			return nil, err
 		}
@@ -80,4 +140,233 @@ func (q *Queries) ListOutboxByAggregate(ctx context.Context, aggregateID string)
 		return nil, err
 	}
 	return items, nil
+}
+
+const listSequencedOutbox = `-- name: ListSequencedOutbox :many
+SELECT id, topic, partition_key, event_type, aggregate_type, aggregate_id, participant, content_type,
+       payload, created_at, lane_seq::bigint AS lane_seq, traceparent
+FROM outbox
+WHERE lane = $1 AND published_at IS NULL AND lane_seq IS NOT NULL
+ORDER BY lane_seq
+LIMIT $2::int
+`
+
+type ListSequencedOutboxParams struct {
+	Lane    pgtype.Int2
+	MaxRows int32
+}
+
+type ListSequencedOutboxRow struct {
+	ID            uuid.UUID
+	Topic         string
+	PartitionKey  string
+	EventType     string
+	AggregateType string
+	AggregateID   string
+	Participant   string
+	ContentType   string
+	Payload       []byte
+	CreatedAt     time.Time
+	LaneSeq       int64
+	Traceparent   pgtype.Text
+}
+
+func (q *Queries) ListSequencedOutbox(ctx context.Context, arg ListSequencedOutboxParams) ([]ListSequencedOutboxRow, error) {
+	rows, err := q.db.Query(ctx, listSequencedOutbox, arg.Lane, arg.MaxRows)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []ListSequencedOutboxRow{}
+	for rows.Next() {
+		var i ListSequencedOutboxRow
+		if err := rows.Scan(
+			&i.ID,
+			&i.Topic,
+			&i.PartitionKey,
+			&i.EventType,
+			&i.AggregateType,
+			&i.AggregateID,
+			&i.Participant,
+			&i.ContentType,
+			&i.Payload,
+			&i.CreatedAt,
+			&i.LaneSeq,
+			&i.Traceparent,
+		); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
+const listUnsequencedOutbox = `-- name: ListUnsequencedOutbox :many
+SELECT id FROM outbox
+WHERE lane = $1 AND published_at IS NULL AND lane_seq IS NULL
+ORDER BY seq
+LIMIT $2::int
+`
+
+type ListUnsequencedOutboxParams struct {
+	Lane    pgtype.Int2
+	MaxRows int32
+}
+
+func (q *Queries) ListUnsequencedOutbox(ctx context.Context, arg ListUnsequencedOutboxParams) ([]uuid.UUID, error) {
+	rows, err := q.db.Query(ctx, listUnsequencedOutbox, arg.Lane, arg.MaxRows)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []uuid.UUID{}
+	for rows.Next() {
+		var id uuid.UUID
+		if err := rows.Scan(&id); err != nil {
+			return nil, err
+		}
+		items = append(items, id)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
+const lockOutboxLane = `-- name: LockOutboxLane :one
+SELECT next_seq FROM outbox_lanes
+WHERE lane = $1 AND owner = $2::text AND lease_until > now()
+FOR UPDATE
+`
+
+type LockOutboxLaneParams struct {
+	Lane  int16
+	Owner string
+}
+
+// Locks the caller's lane for sequencing; no row when the lease was lost.
+func (q *Queries) LockOutboxLane(ctx context.Context, arg LockOutboxLaneParams) (int64, error) {
+	row := q.db.QueryRow(ctx, lockOutboxLane, arg.Lane, arg.Owner)
+	var next_seq int64
+	err := row.Scan(&next_seq)
+	return next_seq, err
+}
+
+const markOutboxPublished = `-- name: MarkOutboxPublished :execrows
+UPDATE outbox SET published_at = now()
+WHERE id = ANY($1::uuid[]) AND published_at IS NULL
+  AND EXISTS (SELECT 1 FROM outbox_lanes l
+              WHERE l.lane = $2 AND l.owner = $3::text AND l.lease_until > now())
+`
+
+type MarkOutboxPublishedParams struct {
+	Ids   []uuid.UUID
+	Lane  int16
+	Owner string
+}
+
+// Marks acknowledged rows, only while the caller still holds the lane.
+func (q *Queries) MarkOutboxPublished(ctx context.Context, arg MarkOutboxPublishedParams) (int64, error) {
+	result, err := q.db.Exec(ctx, markOutboxPublished, arg.Ids, arg.Lane, arg.Owner)
+	if err != nil {
+		return 0, err
+	}
+	return result.RowsAffected(), nil
+}
+
+const outboxBacklog = `-- name: OutboxBacklog :one
+SELECT count(*)::bigint AS rows,
+       coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8 AS oldest_age_seconds
+FROM outbox WHERE published_at IS NULL
+`
+
+type OutboxBacklogRow struct {
+	Rows             int64
+	OldestAgeSeconds float64
+}
+
+func (q *Queries) OutboxBacklog(ctx context.Context) (OutboxBacklogRow, error) {
+	row := q.db.QueryRow(ctx, outboxBacklog)
+	var i OutboxBacklogRow
+	err := row.Scan(&i.Rows, &i.OldestAgeSeconds)
+	return i, err
+}
+
+const recordOutboxFailure = `-- name: RecordOutboxFailure :exec
+UPDATE outbox SET attempts = attempts + 1, last_error = $1::text
+WHERE id = ANY($2::uuid[])
+`
+
+type RecordOutboxFailureParams struct {
+	LastError string
+	Ids       []uuid.UUID
+}
+
+func (q *Queries) RecordOutboxFailure(ctx context.Context, arg RecordOutboxFailureParams) error {
+	_, err := q.db.Exec(ctx, recordOutboxFailure, arg.LastError, arg.Ids)
+	return err
+}
+
+const releaseOutboxLanes = `-- name: ReleaseOutboxLanes :exec
+UPDATE outbox_lanes SET owner = '', lease_until = '-infinity'
+WHERE owner = $1::text
+`
+
+func (q *Queries) ReleaseOutboxLanes(ctx context.Context, owner string) error {
+	_, err := q.db.Exec(ctx, releaseOutboxLanes, owner)
+	return err
+}
+
+const renewOutboxLanes = `-- name: RenewOutboxLanes :many
+UPDATE outbox_lanes SET lease_until = now() + $1::interval
+WHERE owner = $2::text AND lease_until > now()
+RETURNING lane
+`
+
+type RenewOutboxLanesParams struct {
+	Ttl   pgtype.Interval
+	Owner string
+}
+
+// Extends the caller's live leases. It waits for a lane's row lock (held
+// briefly while the lane is sequenced) rather than skip it, so a busy lane is
+// never mistaken for a lost one.
+func (q *Queries) RenewOutboxLanes(ctx context.Context, arg RenewOutboxLanesParams) ([]int16, error) {
+	rows, err := q.db.Query(ctx, renewOutboxLanes, arg.Ttl, arg.Owner)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []int16{}
+	for rows.Next() {
+		var lane int16
+		if err := rows.Scan(&lane); err != nil {
+			return nil, err
+		}
+		items = append(items, lane)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
+const sequenceOutbox = `-- name: SequenceOutbox :exec
+UPDATE outbox o SET lane_seq = $1::bigint + t.ord - 1
+FROM unnest($2::uuid[]) WITH ORDINALITY AS t(id, ord)
+WHERE o.id = t.id AND o.lane_seq IS NULL
+`
+
+type SequenceOutboxParams struct {
+	FirstSeq int64
+	Ids      []uuid.UUID
+}
+
+// Gives the rows ids[i] the lane sequence first_seq+i.
+func (q *Queries) SequenceOutbox(ctx context.Context, arg SequenceOutboxParams) error {
+	_, err := q.db.Exec(ctx, sequenceOutbox, arg.FirstSeq, arg.Ids)
+	return err
 }

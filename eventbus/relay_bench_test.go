@@ -1,0 +1,255 @@
+package eventbus_test
+
+import (
+	"context"
+	"encoding/binary"
+	"fmt"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/apache/pulsar-client-go/pulsar"
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/lbpay-lab/core-dict/eventbus"
+)
+
+// BenchmarkOutbox compares the outbox path (commit a row, the relay publishes it) with a producer
+// publishing the same events directly, in one run:
+//
+//	go test -run '^$' -bench BenchmarkOutbox -benchtime 10000x ./eventbus/
+//
+// Per sub-benchmark: events/s is b.N events drained end to end (for the relay: rows already committed,
+// relay started, until the consumer has them all; direct: async sends until the consumer has them all);
+// p50_ms/p99_ms is the commit-to-consumer (direct: send-to-consumer) latency at a paced 2,000 events/s
+// over 3 s, each event its own transaction as in dict.
+func BenchmarkOutbox(b *testing.B) {
+	b.Run("relay", func(b *testing.B) {
+		db := relayDB(b)
+		client := benchClient(b)
+		// Throughput: drain b.N committed rows.
+		topic := benchTopic(b)
+		recv := benchConsumer(b, client, topic)
+		benchInsert(b, db.Pool, topic, b.N, 0, 100)
+		b.ResetTimer()
+		start := time.Now()
+		stop := startRelay(b, db.Pool, client, eventbus.WithRelayPollInterval(time.Second))
+		recv.wait(b, b.N, 2*time.Minute)
+		elapsed := time.Since(start)
+		b.StopTimer()
+		stop()
+		// Latency: paced single-row commits with the relay running.
+		topic = benchTopic(b)
+		recv = benchConsumer(b, client, topic)
+		startRelay(b, db.Pool, client)
+		// Warm up (topic and producers created), unmeasured, then the paced phase.
+		benchInsert(b, db.Pool, topic, 1000, 0, 10)
+		recv.wait(b, 1000, time.Minute)
+		n := benchInsert(b, db.Pool, topic, 6000, 2000, 1)
+		recv.wait(b, 1000+n, time.Minute)
+		report(b, elapsed, recv)
+	})
+	b.Run("direct", func(b *testing.B) {
+		client := benchClient(b)
+		topic := benchTopic(b)
+		recv := benchConsumer(b, client, topic)
+		p, err := client.CreateProducer(pulsar.ProducerOptions{
+			Topic: topic, CompressionType: pulsar.LZ4,
+			BatchingMaxMessages: 100, BatchingMaxPublishDelay: 10 * time.Millisecond,
+		})
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer p.Close()
+		b.ResetTimer()
+		start := time.Now()
+		benchSend(b, p, b.N, 0)
+		recv.wait(b, b.N, 2*time.Minute)
+		elapsed := time.Since(start)
+		b.StopTimer()
+		topic = benchTopic(b)
+		recv = benchConsumer(b, client, topic)
+		p2, err := client.CreateProducer(pulsar.ProducerOptions{
+			Topic: topic, CompressionType: pulsar.LZ4,
+			BatchingMaxMessages: 100, BatchingMaxPublishDelay: 10 * time.Millisecond,
+		})
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer p2.Close()
+		benchSend(b, p2, 1000, 0)
+		recv.wait(b, 1000, time.Minute)
+		n := benchSend(b, p2, 6000, 2000)
+		recv.wait(b, 1000+n, time.Minute)
+		report(b, elapsed, recv)
+	})
+}
+
+func report(b *testing.B, elapsed time.Duration, recv *benchReceiver) {
+	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "events/s")
+	recv.mu.Lock()
+	lat := slices.Clone(recv.lat)
+	recv.mu.Unlock()
+	slices.Sort(lat)
+	if len(lat) > 0 {
+		b.ReportMetric(float64(lat[len(lat)/2].Microseconds())/1000, "p50_ms")
+		b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds())/1000, "p99_ms")
+	}
+	b.ReportMetric(0, "ns/op")
+}
+
+func benchClient(b *testing.B) pulsar.Client {
+	c, err := pulsar.NewClient(pulsar.ClientOptions{URL: pulsarURL()})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(c.Close)
+	return c
+}
+
+func benchTopic(b *testing.B) string {
+	return fmt.Sprintf("persistent://%s/relay-bench-%s", eventsNamespace, uuid.NewString()[:12])
+}
+
+// benchReceiver counts messages and, for the paced phase, records latency from the send/commit time
+// carried in the payload's first 8 bytes (0: not measured).
+type benchReceiver struct {
+	mu  sync.Mutex
+	n   int
+	lat []time.Duration
+}
+
+func benchConsumer(b *testing.B, client pulsar.Client, topic string) *benchReceiver {
+	consumer, err := client.Subscribe(pulsar.ConsumerOptions{
+		Topic: topic, SubscriptionName: "bench", Type: pulsar.Exclusive,
+		SubscriptionInitialPosition: pulsar.SubscriptionPositionEarliest,
+		ReceiverQueueSize:           2000,
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	r := &benchReceiver{}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			msg, err := consumer.Receive(ctx)
+			if err != nil {
+				return
+			}
+			consumer.AckID(msg.ID())
+			now := time.Now()
+			r.mu.Lock()
+			r.n++
+			if p := msg.Payload(); len(p) >= 8 {
+				if t := int64(binary.BigEndian.Uint64(p)); t != 0 {
+					r.lat = append(r.lat, now.Sub(time.Unix(0, t)))
+				}
+			}
+			r.mu.Unlock()
+		}
+	}()
+	b.Cleanup(func() { cancel(); <-done; consumer.Close() })
+	return r
+}
+
+func (r *benchReceiver) wait(b *testing.B, n int, timeout time.Duration) {
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		r.mu.Lock()
+		got := r.n
+		r.mu.Unlock()
+		if got >= n {
+			return
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	b.Fatalf("received fewer than %d messages in %s", n, timeout)
+}
+
+func benchPayload(at int64) []byte {
+	p := make([]byte, 200)
+	binary.BigEndian.PutUint64(p, uint64(at))
+	return p
+}
+
+// benchInsert commits n outbox rows over 1,000 keys, perTx rows per transaction; with rate > 0 it paces
+// them at rate rows/s and stamps each with the time of its INSERT, in a
+// transaction of one row that commits right after.
+func benchInsert(b *testing.B, pool *pgxpool.Pool, topic string, n, rate, perTx int) int {
+	ctx := context.Background()
+	const workers = 16
+	var wg sync.WaitGroup
+	ticks := make(chan int)
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range ticks {
+				err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+					for j := i; j < min(n, i+perTx); j++ {
+						at := int64(0)
+						if rate > 0 {
+							at = time.Now().UnixNano()
+						}
+						if _, err := tx.Exec(ctx, `INSERT INTO outbox (id, created_at, topic, partition_key, event_type, aggregate_type, aggregate_id, participant, content_type, payload)
+							VALUES ($1, now(), $2, $3, 'KeyUpdated', 'Entry', $3, '12345678', 'application/octet-stream', $4)`,
+							uuid.New(), topic, fmt.Sprintf("key-%d", j%1000), benchPayload(at)); err != nil {
+							return err
+						}
+					}
+					return nil
+				})
+				if err != nil {
+					b.Error(err)
+				}
+			}
+		}()
+	}
+	var tick *time.Ticker
+	if rate > 0 {
+		tick = time.NewTicker(time.Second / time.Duration(rate))
+		defer tick.Stop()
+	}
+	for i := 0; i < n; i += perTx {
+		if tick != nil {
+			<-tick.C
+		}
+		ticks <- i
+	}
+	close(ticks)
+	wg.Wait()
+	return n
+}
+
+// benchSend publishes n events directly, paced at rate/s when rate > 0 (stamped with the send time).
+func benchSend(b *testing.B, p pulsar.Producer, n, rate int) int {
+	var tick *time.Ticker
+	if rate > 0 {
+		tick = time.NewTicker(time.Second / time.Duration(rate))
+		defer tick.Stop()
+	}
+	for i := range n {
+		at := int64(0)
+		if tick != nil {
+			<-tick.C
+			at = time.Now().UnixNano()
+		}
+		p.SendAsync(context.Background(), &pulsar.ProducerMessage{
+			Payload: benchPayload(at), Key: fmt.Sprintf("key-%d", i%1000),
+			Properties: map[string]string{"event_id": uuid.NewString(), "event_type": "KeyUpdated"},
+		}, func(_ pulsar.MessageID, _ *pulsar.ProducerMessage, err error) {
+			if err != nil {
+				b.Error(err)
+			}
+		})
+	}
+	if err := p.Flush(); err != nil {
+		b.Fatal(err)
+	}
+	return n
+}
