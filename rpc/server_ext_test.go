@@ -103,6 +103,11 @@ func newStack(db *testdb.DB, redisURL string) (*stack, error) {
 // newStackWith is newStack with a directory for the keys this PSP does not
 // hold.
 func newStackWith(db *testdb.DB, redisURL string, dir dict.Directory, interceptors ...connect.Interceptor) (*stack, error) {
+	return newStackTopic(db, redisURL, dir, "", interceptors...)
+}
+
+// newStackTopic is newStackWith writing key events for topic.
+func newStackTopic(db *testdb.DB, redisURL string, dir dict.Directory, topic string, interceptors ...connect.Interceptor) (*stack, error) {
 	auth, err := rpc.NewAuthenticator(rpc.AuthConfig{
 		HS256Secret:  apiSecret,
 		Participants: []string{partA, partB},
@@ -118,6 +123,7 @@ func newStackWith(db *testdb.DB, redisURL string, dir dict.Directory, intercepto
 		Logger:           logger,
 		ParticipantNames: map[string]string{partA: "Banco A"},
 		Directory:        dir,
+		KeyEventsTopic:   topic,
 	}
 	if redisURL != "" {
 		rc := cachelayer.DefaultConfig()
