@@ -279,6 +279,7 @@ func runServe(args []string) error {
 		LookupCounter:    lookupCounts,
 		Lookups:          cachelayer.NewOneShot(redis, "dict:lookup:", cfg.PaymentCreditWindow),
 		DirectoryCache:   cachelayer.NewCacheAside[dict.Entry](redis, "dict:directory:"),
+		TraceParent:      rpc.TraceParent,
 	})
 	lookupCounts.Start()
 

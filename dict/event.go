@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5/pgtype"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -77,9 +78,15 @@ func (s *Service) emitEntry(ctx context.Context, q *sqlc.Queries, c Caller, e En
 	if err != nil {
 		return err
 	}
+	var tp pgtype.Text
+	if s.traceParent != nil {
+		if v := s.traceParent(ctx); v != "" {
+			tp = pgtype.Text{String: v, Valid: true}
+		}
+	}
 	return q.InsertOutbox(ctx, sqlc.InsertOutboxParams{
 		ID: id, CreatedAt: now, Topic: s.topic, PartitionKey: e.Key, EventType: env.GetEventType(),
 		AggregateType: "Entry", AggregateID: e.Key, Participant: c.Participant,
-		ContentType: EventContentType, Payload: b,
+		ContentType: EventContentType, Payload: b, Traceparent: tp,
 	})
 }

@@ -56,6 +56,10 @@ type ServiceConfig struct {
 	// DirectoryCacheTTL is how long an answer is cached: at most (and by
 	// default) [MaxDirectoryCacheTTL].
 	DirectoryCacheTTL time.Duration
+	// TraceParent returns the W3C traceparent of the request in ctx ("" when
+	// none); it is stored with each outbox row so that one trace runs from
+	// the RPC through the relay to the consumer.
+	TraceParent func(ctx context.Context) string
 }
 
 // Directory is the central DICT, reached over the RSFN.
@@ -105,6 +109,7 @@ type LookupLedger interface {
 // is one PostgreSQL transaction holding the change, its audit row and its
 // outbox event.
 type Service struct {
+	traceParent    func(context.Context) string
 	directory      Directory
 	directoryCache DirectoryCache
 	directoryTTL   time.Duration
@@ -135,6 +140,7 @@ func NewService(cfg ServiceConfig) *Service {
 		counter:  cfg.LookupCounter,
 		lookups:  cfg.Lookups,
 
+		traceParent:    cfg.TraceParent,
 		directory:      cfg.Directory,
 		directoryCache: cfg.DirectoryCache,
 		directoryTTL:   cfg.DirectoryCacheTTL,

@@ -3,7 +3,9 @@ package rpc_test
 import (
 	"context"
 	"fmt"
+	"net/http"
 	"os"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -138,3 +140,33 @@ func TestKeyEventsReachConsumer(t *testing.T) {
 }
 
 func pulsarTestURL() string { return os.Getenv("PULSAR_URL") }
+
+// TestTraceContextReachesOutbox sends a request inside a caller's trace:
+// the outbox row it writes carries that trace, for the relay to pass on.
+func TestTraceContextReachesOutbox(t *testing.T) {
+	t.Parallel()
+	const traceID = "4bf92f3577b34da6a3ce929d0e0e4736"
+	cpf := newCPF()
+	body := `{"requestId":"` + uuid.NewString() + `","keyType":"KEY_TYPE_CPF","key":"` + cpf +
+		`","account":{"participant":"` + partA + `","number":"55443322","type":"ACCOUNT_TYPE_CACC","openedAt":"2020-01-01T00:00:00Z"},` +
+		`"owner":{"type":"OWNER_TYPE_NATURAL_PERSON","taxId":"` + cpf + `","name":"Traced Caller"}}`
+	req, _ := http.NewRequest(http.MethodPost, env.server.URL+dictv1connect.CoreDictServiceCreateKeyProcedure, strings.NewReader(body))
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Authorization", "Bearer "+token(t, partA))
+	req.Header.Set("traceparent", "00-"+traceID+"-00f067aa0ba902b7-01")
+	res, err := http1Transport.RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	if res.StatusCode != http.StatusOK {
+		t.Fatalf("status %d", res.StatusCode)
+	}
+	var tp string
+	if err := env.db.Pool.QueryRow(context.Background(), "SELECT coalesce(traceparent, '') FROM outbox WHERE aggregate_id = $1", cpf).Scan(&tp); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(tp, traceID) {
+		t.Errorf("outbox traceparent = %q, want the caller's trace %s", tp, traceID)
+	}
+}

@@ -40,7 +40,7 @@ func NewMux(cfg ServerConfig) *http.ServeMux {
 	if cfg.MaxRequestBytes <= 0 {
 		cfg.MaxRequestBytes = DefaultMaxRequestBytes
 	}
-	interceptors := []connect.Interceptor{observe(cfg.Metrics, cfg.Logger), cfg.Auth.Interceptor()}
+	interceptors := []connect.Interceptor{extractTrace(), observe(cfg.Metrics, cfg.Logger), cfg.Auth.Interceptor()}
 	interceptors = append(interceptors, cfg.Interceptors...)
 	mux := http.NewServeMux()
 	path, h := dictv1connect.NewCoreDictServiceHandler(

@@ -124,6 +124,7 @@ func newStackTopic(db *testdb.DB, redisURL string, dir dict.Directory, topic str
 		ParticipantNames: map[string]string{partA: "Banco A"},
 		Directory:        dir,
 		KeyEventsTopic:   topic,
+		TraceParent:      rpc.TraceParent,
 	}
 	if redisURL != "" {
 		rc := cachelayer.DefaultConfig()

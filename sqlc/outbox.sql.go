@@ -67,8 +67,8 @@ func (q *Queries) ClaimOutboxLanes(ctx context.Context, arg ClaimOutboxLanesPara
 }
 
 const insertOutbox = `-- name: InsertOutbox :exec
-INSERT INTO outbox (id, created_at, topic, partition_key, event_type, aggregate_type, aggregate_id, participant, content_type, payload)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+INSERT INTO outbox (id, created_at, topic, partition_key, event_type, aggregate_type, aggregate_id, participant, content_type, payload, traceparent)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
 `
 
 type InsertOutboxParams struct {
@@ -82,6 +82,7 @@ type InsertOutboxParams struct {
 	Participant   string
 	ContentType   string
 	Payload       []byte
+	Traceparent   pgtype.Text
 }
 
 func (q *Queries) InsertOutbox(ctx context.Context, arg InsertOutboxParams) error {
@@ -96,6 +97,7 @@ func (q *Queries) InsertOutbox(ctx context.Context, arg InsertOutboxParams) erro
 		arg.Participant,
 		arg.ContentType,
 		arg.Payload,
+		arg.Traceparent,
 	)
 	return err
 }
