@@ -354,9 +354,6 @@ func TestRelayKilledMidBatch(t *testing.T) {
 // TestRelayPulsarOutage stops the shared broker, so it is not parallel: the parallel tests of this
 // package wait until it ends. It always starts Pulsar again.
 func TestRelayPulsarOutage(t *testing.T) {
-	if testing.Short() {
-		t.Skip("stops and starts Pulsar")
-	}
 	_, file, _, _ := runtime.Caller(0)
 	deps := filepath.Join(filepath.Dir(file), "..", "scripts", "deps.sh")
 	depsRun := func(args ...string) error {
