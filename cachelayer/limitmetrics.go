@@ -1,8 +1,6 @@
 package cachelayer
 
 import (
-	"errors"
-
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -48,28 +46,16 @@ func limitMetricsFor(reg prometheus.Registerer) (*limitMetrics, error) {
 	})
 	var err error
 	m := &limitMetrics{}
-	if m.requests, err = limitRegister(reg, requests); err != nil {
+	if m.requests, err = metricsRegister(reg, requests); err != nil {
 		return nil, err
 	}
-	if m.fallbacks, err = limitRegister(reg, fallbacks); err != nil {
+	if m.fallbacks, err = metricsRegister(reg, fallbacks); err != nil {
 		return nil, err
 	}
-	if m.active, err = limitRegister(reg, active); err != nil {
+	if m.active, err = metricsRegister(reg, active); err != nil {
 		return nil, err
 	}
 	return m, nil
-}
-
-// limitRegister registers c, or returns the collector already registered under its name.
-func limitRegister[C prometheus.Collector](reg prometheus.Registerer, c C) (C, error) {
-	err := reg.Register(c)
-	var already prometheus.AlreadyRegisteredError
-	if errors.As(err, &already) {
-		if existing, ok := already.ExistingCollector.(C); ok {
-			return existing, nil
-		}
-	}
-	return c, err
 }
 
 // countersFor resolves one limiter's counters and counts it as active.
