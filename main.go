@@ -10,6 +10,8 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"flag"
 	"fmt"
@@ -32,6 +34,7 @@ import (
 	"github.com/lbpay-lab/core-dict/cachelayer"
 	"github.com/lbpay-lab/core-dict/dict"
 	"github.com/lbpay-lab/core-dict/eventbus"
+	"github.com/lbpay-lab/core-dict/internal/dictbus"
 	"github.com/lbpay-lab/core-dict/internal/dictcache"
 	"github.com/lbpay-lab/core-dict/rpc"
 	"github.com/lbpay-lab/core-dict/schema"
@@ -51,8 +54,10 @@ func main() {
 		err = runMigrate(args)
 	case "token":
 		err = runToken(args)
+	case "dictsim":
+		err = runDictsim(args)
 	default:
-		err = fmt.Errorf("unknown command %q: want serve, migrate or token", cmd)
+		err = fmt.Errorf("unknown command %q: want serve, migrate, token or dictsim", cmd)
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "core-dict:", err)
@@ -86,6 +91,17 @@ type config struct {
 	PaymentCreditWindow time.Duration
 	RateLimitIP         int
 	RateLimitAccount    int
+	DirectoryTimeout    time.Duration
+	DirectoryResend     time.Duration
+	InstanceID          string
+
+	// ClaimEventsTopic is PULSAR_TOPIC_CLAIM_EVENTS; ClaimSchedulerInterval
+	// how often the claim deadlines are enforced (CLAIM_SCHEDULER_INTERVAL).
+	ClaimEventsTopic       string
+	ClaimSchedulerInterval time.Duration
+	// SyncCheckInterval is how often each key type's VSync is checked
+	// against the directory (SYNC_CHECK_INTERVAL, at most 36h per BCB).
+	SyncCheckInterval time.Duration
 }
 
 // env reads the environment into a config; the first bad value is an error
@@ -153,11 +169,23 @@ func loadConfig() (config, error) {
 	c.PaymentCreditWindow = e.dur("PAYMENT_CREDIT_WINDOW", time.Hour)
 	c.RateLimitIP = e.int("RATE_LIMIT_IP_RPS", 1000, 1, 1_000_000)
 	c.RateLimitAccount = e.int("RATE_LIMIT_ACCOUNT_RPS", 500, 1, 1_000_000)
+	c.DirectoryTimeout = e.dur("DICT_DIRECTORY_TIMEOUT", dictbus.DefaultTimeout)
+	c.DirectoryResend = e.dur("DICT_DIRECTORY_RESEND_AFTER", dictbus.DefaultResendAfter)
+	c.ClaimSchedulerInterval = e.dur("CLAIM_SCHEDULER_INTERVAL", dict.DefaultClaimSchedulerInterval)
+	c.SyncCheckInterval = e.dur("SYNC_CHECK_INTERVAL", dict.DefaultSyncCheckInterval)
+	if c.SyncCheckInterval > dict.MaxSyncCheckInterval {
+		e.fail("SYNC_CHECK_INTERVAL=%s: BCB requires a VSync check at least every %s", c.SyncCheckInterval, dict.MaxSyncCheckInterval)
+	}
+	c.InstanceID = e.str("DICT_INSTANCE_ID", defaultInstanceID())
+	if strings.ContainsAny(c.InstanceID, "/ \t\n") {
+		e.fail("DICT_INSTANCE_ID=%q: want a name without slashes or spaces (it names this instance's reply topic)", c.InstanceID)
+	}
 	if pc, err := eventbus.ConfigFromEnv(os.Getenv); err != nil {
 		e.fail("%v", err)
 	} else {
 		c.Pulsar = pc
 		c.KeyEventsTopic = pc.TopicKeyEvents
+		c.ClaimEventsTopic = pc.TopicClaimEvents
 	}
 	if rc, err := cachelayer.ConfigFromEnv(os.Getenv); err != nil {
 		e.fail("%v", err)
@@ -262,6 +290,29 @@ func runServe(args []string) error {
 	if err != nil {
 		return err
 	}
+	// Pulsar: the outbox relay publishes what the use cases' transactions
+	// committed (key events, and the DirectoryRequests of writes); the link
+	// applies the directory's responses and carries the reads that wait for
+	// their reply. Pulsar being down only grows the backlog: the relay
+	// retries and writes go on (PENDING).
+	bus, err := eventbus.NewClient(cfg.Pulsar, eventbus.WithLogger(logger), eventbus.WithRegisterer(reg))
+	if err != nil {
+		return fmt.Errorf("PULSAR_URL: %w", err)
+	}
+	defer bus.Close()
+	link, err := dictbus.New(bus, pool, dictbus.Config{
+		RequestTopic:  cfg.Pulsar.TopicDictReqOut,
+		ResponseTopic: cfg.Pulsar.TopicDictResIn,
+		ReplyTopic:    dictbus.ReplyTopic(cfg.Pulsar.TopicDictResIn, cfg.InstanceID),
+		Subscription:  cfg.Pulsar.Subscription,
+		Timeout:       cfg.DirectoryTimeout,
+		ResendAfter:   cfg.DirectoryResend,
+		Registerer:    reg,
+		Logger:        logger,
+	})
+	if err != nil {
+		return fmt.Errorf("PULSAR_TOPIC_DICT_RES_IN/DICT_INSTANCE_ID: %w", err)
+	}
 	var svc *dict.Service
 	lookupCounts := cachelayer.NewWriteBehindCounter(redis, "lookups",
 		func(ctx context.Context, batch string, counts map[string]int64) error {
@@ -272,6 +323,7 @@ func runServe(args []string) error {
 	svc = dict.NewService(dict.ServiceConfig{
 		Pool:             pool,
 		KeyEventsTopic:   cfg.KeyEventsTopic,
+		ClaimEventsTopic: cfg.ClaimEventsTopic,
 		ParticipantNames: cfg.ParticipantNames,
 		Logger:           logger,
 		Cache:            dictcache.NewEntryCache(redis, cfg.Redis.EntryTTL),
@@ -280,17 +332,30 @@ func runServe(args []string) error {
 		Lookups:          cachelayer.NewOneShot(redis, "dict:lookup:", cfg.PaymentCreditWindow),
 		DirectoryCache:   cachelayer.NewCacheAside[dict.Entry](redis, "dict:directory:"),
 		TraceParent:      rpc.TraceParent,
+		Directory:        link.Directory(),
+
+		DirectoryRequestTopic: cfg.Pulsar.TopicDictReqOut,
+		DirectoryReplyTo:      cfg.Pulsar.TopicDictResIn,
+		ResponseOnce:          link.ResponseOnce(),
 	})
 	lookupCounts.Start()
+	link.Start(svc)
+	// The claim deadlines, on every instance: due claims are taken with
+	// FOR UPDATE SKIP LOCKED, each by one instance.
+	schedCtx, stopScheduler := context.WithCancel(context.Background())
+	schedDone := make(chan struct{})
+	go func() {
+		defer close(schedDone)
+		svc.RunClaimDeadlines(schedCtx, cfg.ClaimSchedulerInterval)
+	}()
+	// VSync checks and reconciliation, on every instance: each due check
+	// is taken by one (sync_schedule).
+	syncDone := make(chan struct{})
+	go func() {
+		defer close(syncDone)
+		svc.RunSyncChecks(schedCtx, cfg.Participants, cfg.SyncCheckInterval)
+	}()
 
-	// The outbox relay publishes what the use cases' transactions committed;
-	// nothing is published inside a request. Pulsar being down only grows
-	// the backlog: the relay retries and the RPCs go on.
-	bus, err := eventbus.NewClient(cfg.Pulsar, eventbus.WithLogger(logger), eventbus.WithRegisterer(reg))
-	if err != nil {
-		return fmt.Errorf("PULSAR_URL: %w", err)
-	}
-	defer bus.Close()
 	relay := eventbus.NewRelay(pool, bus.Pulsar(), eventbus.WithRelayRegistry(reg), eventbus.WithRelayLogger(logger))
 	relayCtx, stopRelay := context.WithCancel(context.Background())
 	relayDone := make(chan error, 1)
@@ -350,13 +415,19 @@ func runServe(args []string) error {
 	sctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
 	defer cancel()
 	serr := api.Shutdown(sctx)
+	stopScheduler()
+	<-schedDone
+	<-syncDone
 	// Requests have drained: stop the relay (it flushes its producers and
 	// releases its lanes; what it did not publish, the next relay will),
-	// then flush the lookup counts still pending.
+	// then the directory link (responses being applied finish; the rest are
+	// redelivered to another instance), then flush the lookup counts still
+	// pending.
 	stopRelay()
 	if rerr := <-relayDone; rerr != nil {
 		logger.Error("outbox relay stopped with an error", "err", rerr)
 	}
+	link.Stop()
 	if ferr := lookupCounts.Close(sctx); ferr != nil {
 		logger.Error("lookup counts not flushed; they stay in Redis for the next instance", "err", ferr)
 	}
@@ -467,4 +538,16 @@ func newRequestLimiter(cfg config, redis *cachelayer.Client, reg prometheus.Regi
 	}
 	return cachelayer.NewMultiKeyLimiter([]cachelayer.KeyedLimiter{ip, account},
 		cachelayer.WithLimitRegisterer(reg), cachelayer.WithLimitLogger(logger))
+}
+
+// defaultInstanceID names this process for its reply topic: the host name
+// and a random suffix, so two processes never share one.
+func defaultInstanceID() string {
+	h, _ := os.Hostname()
+	if h == "" {
+		h = "core-dict"
+	}
+	var b [4]byte
+	_, _ = rand.Read(b[:])
+	return strings.ReplaceAll(h, "/", "-") + "-" + hex.EncodeToString(b[:])
 }

@@ -223,4 +223,26 @@ type Entry struct {
 	UpdatedAt     time.Time
 	CID           string
 	RequestID     uuid.UUID
+	// PendingOp is the write waiting for the directory while Status is
+	// [EntryStatusPending]: [PendingCreate], [PendingUpdate] or
+	// [PendingDelete]; "" otherwise.
+	PendingOp string `json:",omitempty"`
+	// FailureReason and FailureMessage are the directory's refusal of the
+	// entry's last write (a FAILED create, or an update or delete refused).
+	FailureReason  string `json:",omitempty"`
+	FailureMessage string `json:",omitempty"`
+}
+
+// The writes an entry may be waiting for the directory to confirm.
+const (
+	PendingCreate = "CREATE"
+	PendingUpdate = "UPDATE"
+	PendingDelete = "DELETE"
+)
+
+// inDirectory reports whether the directory holds e for its participant:
+// confirmed, or with an update or delete still pending (the entry stands as
+// it is until the directory confirms).
+func (e Entry) inDirectory() bool {
+	return e.Status != EntryStatusFailed && e.PendingOp != PendingCreate
 }

@@ -38,13 +38,58 @@ func (e Entry) Proto() *dictv1.Entry {
 			Name:      e.Owner.Name,
 			TradeName: e.Owner.TradeName,
 		},
-		Status:        dictv1.EntryStatus(e.Status),
-		CreatedAt:     protoTime(e.CreatedAt),
-		KeyOwnedSince: protoTime(e.KeyOwnedSince),
-		UpdatedAt:     protoTime(e.UpdatedAt),
-		Cid:           e.CID,
-		RequestId:     e.RequestID.String(),
+		Status:           dictv1.EntryStatus(e.Status),
+		CreatedAt:        protoTime(e.CreatedAt),
+		KeyOwnedSince:    protoTime(e.KeyOwnedSince),
+		UpdatedAt:        protoTime(e.UpdatedAt),
+		Cid:              e.CID,
+		RequestId:        e.RequestID.String(),
+		FailureReason:    e.FailureReason,
+		FailureMessage:   e.FailureMessage,
+		PendingOperation: e.PendingOp,
 	}
+}
+
+// EntryFromProto converts a contract entry (a directory's answer) to an
+// [Entry]; the enums share their numbers.
+func EntryFromProto(p *dictv1.Entry) Entry {
+	e := Entry{
+		KeyType: KeyType(p.GetKeyType()),
+		Key:     p.GetKey(),
+		Account: Account{
+			Participant: p.GetAccount().GetParticipant(),
+			Branch:      p.GetAccount().GetBranch(),
+			Number:      p.GetAccount().GetNumber(),
+			Type:        AccountType(p.GetAccount().GetType()),
+		},
+		Owner: Owner{
+			Type:      OwnerType(p.GetOwner().GetType()),
+			TaxID:     p.GetOwner().GetTaxId(),
+			Name:      p.GetOwner().GetName(),
+			TradeName: p.GetOwner().GetTradeName(),
+		},
+		Status:         EntryStatus(p.GetStatus()),
+		CID:            p.GetCid(),
+		FailureReason:  p.GetFailureReason(),
+		FailureMessage: p.GetFailureMessage(),
+		PendingOp:      p.GetPendingOperation(),
+	}
+	if t := p.GetAccount().GetOpenedAt(); t != nil {
+		e.Account.OpenedAt = t.AsTime().UTC()
+	}
+	if t := p.GetCreatedAt(); t != nil {
+		e.CreatedAt = t.AsTime().UTC()
+	}
+	if t := p.GetKeyOwnedSince(); t != nil {
+		e.KeyOwnedSince = t.AsTime().UTC()
+	}
+	if t := p.GetUpdatedAt(); t != nil {
+		e.UpdatedAt = t.AsTime().UTC()
+	}
+	if id, err := uuid.Parse(p.GetRequestId()); err == nil {
+		e.RequestID = id
+	}
+	return e
 }
 
 func protoTime(t time.Time) *timestamppb.Timestamp {

@@ -11,6 +11,7 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	dictv1 "github.com/lbpay-lab/core-dict/rpc/dict/v1"
@@ -31,6 +32,9 @@ type ServiceConfig struct {
 	Pool *pgxpool.Pool
 	// KeyEventsTopic is the topic key events are written for in the outbox.
 	KeyEventsTopic string
+	// ClaimEventsTopic is the topic claim events are written for in the
+	// outbox (PULSAR_TOPIC_CLAIM_EVENTS).
+	ClaimEventsTopic string
 	// ParticipantNames maps an ISPB to the name shown to payers.
 	ParticipantNames map[string]string
 	// Now is the clock; time.Now when nil.
@@ -56,16 +60,22 @@ type ServiceConfig struct {
 	// DirectoryCacheTTL is how long an answer is cached: at most (and by
 	// default) [MaxDirectoryCacheTTL].
 	DirectoryCacheTTL time.Duration
+	// DirectoryRequestTopic is the topic the outbox sends DirectoryRequests
+	// of writes to (PULSAR_TOPIC_DICT_REQ_OUT).
+	DirectoryRequestTopic string
+	// DirectoryReplyTo is the topic the directory answers writes on
+	// (PULSAR_TOPIC_DICT_RES_IN), where [Service.ApplyDirectoryResponse]'s
+	// consumer reads.
+	DirectoryReplyTo string
+	// ResponseOnce applies each directory response once, by correlation id,
+	// in the transaction of its changes (eventbus's PGOnce.ApplyTx); nil
+	// runs a plain transaction (the pending write's correlation still makes
+	// a second application a no-op).
+	ResponseOnce TxOnce
 	// TraceParent returns the W3C traceparent of the request in ctx ("" when
 	// none); it is stored with each outbox row so that one trace runs from
 	// the RPC through the relay to the consumer.
 	TraceParent func(ctx context.Context) string
-}
-
-// Directory is the central DICT, reached over the RSFN.
-type Directory interface {
-	// Lookup asks the DICT for key; found is false when it has no entry.
-	Lookup(ctx context.Context, participant, key, payerID, endToEndID string) (e Entry, found bool, err error)
 }
 
 // DirectoryCache is a cache-aside store with stampede protection: for a
@@ -109,6 +119,9 @@ type LookupLedger interface {
 // is one PostgreSQL transaction holding the change, its audit row and its
 // outbox event.
 type Service struct {
+	requestTopic   string
+	replyTo        string
+	responseOnce   TxOnce
 	traceParent    func(context.Context) string
 	directory      Directory
 	directoryCache DirectoryCache
@@ -120,6 +133,7 @@ type Service struct {
 	pool           *pgxpool.Pool
 	q              *sqlc.Queries
 	topic          string
+	claimTopic     string
 	names          map[string]string
 	now            func() time.Time
 	logger         *slog.Logger
@@ -128,12 +142,13 @@ type Service struct {
 // NewService returns a [Service] over cfg.Pool.
 func NewService(cfg ServiceConfig) *Service {
 	s := &Service{
-		pool:   cfg.Pool,
-		q:      sqlc.New(cfg.Pool),
-		topic:  cfg.KeyEventsTopic,
-		names:  cfg.ParticipantNames,
-		now:    cfg.Now,
-		logger: cfg.Logger,
+		pool:       cfg.Pool,
+		q:          sqlc.New(cfg.Pool),
+		topic:      cfg.KeyEventsTopic,
+		claimTopic: cfg.ClaimEventsTopic,
+		names:      cfg.ParticipantNames,
+		now:        cfg.Now,
+		logger:     cfg.Logger,
 
 		cache:    cfg.Cache,
 		antiScan: cfg.AntiScan,
@@ -141,6 +156,9 @@ func NewService(cfg ServiceConfig) *Service {
 		lookups:  cfg.Lookups,
 
 		traceParent:    cfg.TraceParent,
+		requestTopic:   cfg.DirectoryRequestTopic,
+		replyTo:        cfg.DirectoryReplyTo,
+		responseOnce:   cfg.ResponseOnce,
 		directory:      cfg.Directory,
 		directoryCache: cfg.DirectoryCache,
 		directoryTTL:   cfg.DirectoryCacheTTL,
@@ -150,6 +168,12 @@ func NewService(cfg ServiceConfig) *Service {
 	}
 	if s.topic == "" {
 		s.topic = "persistent://dict/events/key-events"
+	}
+	if s.requestTopic == "" {
+		s.requestTopic = "persistent://lb-conn/dict/rsfn-dict-req-out"
+	}
+	if s.replyTo == "" {
+		s.replyTo = "persistent://lb-conn/dict/rsfn-dict-res-in"
 	}
 	if s.now == nil {
 		s.now = time.Now
@@ -176,7 +200,11 @@ type CreateKeyInput struct {
 	Owner     Owner
 }
 
-// CreateKey registers a key for an account of the caller's participant.
+// CreateKey registers a key for an account of the caller's participant: it
+// stores the entry as PENDING with a DirectoryRequest in the outbox, in one
+// transaction, and answers with the PENDING entry. The directory's response
+// makes it ACTIVE or FAILED ([Service.ApplyDirectoryResponse]). A pending
+// EVP's key is its request id until the directory generates the key.
 func (s *Service) CreateKey(ctx context.Context, c Caller, in CreateKeyInput) (Entry, error) {
 	reqID, err := parseRequestID(in.RequestID)
 	if err != nil {
@@ -196,14 +224,16 @@ func (s *Service) CreateKey(ctx context.Context, c Caller, in CreateKeyInput) (E
 	// The fingerprint is taken before an EVP is generated, so a retry of an
 	// EVP create (which carries no key) matches its first attempt.
 	fp := fingerprint("CreateKey", c.Participant, e)
+	dirKey := e.Key
 	if e.KeyType == KeyTypeEVP {
-		e.Key = NewEVP()
+		e.Key = reqID.String() // placeholder until the directory generates the key
 	}
 	now := s.now().UTC().Truncate(time.Microsecond)
-	e.Status = EntryStatusActive
+	e.Status, e.PendingOp = EntryStatusPending, PendingCreate
 	e.CreatedAt, e.KeyOwnedSince, e.UpdatedAt = now, now, now
 	e.RequestID = reqID
 	e.CID = CID(reqID, e)
+	corr := uuid.New()
 
 	var out Entry
 	replayed := false
@@ -215,8 +245,14 @@ func (s *Service) CreateKey(ctx context.Context, c Caller, in CreateKeyInput) (E
 		if err := q.LockAccount(ctx, lockAccountParams(e.Account)); err != nil {
 			return err
 		}
-		if existing, err := q.GetEntry(ctx, e.Key); err == nil {
-			return conflictFor(entryFromRow(existing), c.Participant, e.Owner.TaxID)
+		if existing, err := q.GetEntryForUpdate(ctx, e.Key); err == nil {
+			if existing.Status != EntryStatusFailed.String() {
+				return conflictFor(entryFromRow(existing), c.Participant, e.Owner.TaxID)
+			}
+			// A create the directory refused holds no key: this one replaces it.
+			if err := q.DeleteEntry(ctx, e.Key); err != nil {
+				return err
+			}
 		} else if !errors.Is(err, pgx.ErrNoRows) {
 			return err
 		}
@@ -231,15 +267,19 @@ func (s *Service) CreateKey(ctx context.Context, c Caller, in CreateKeyInput) (E
 			return E(KindPrecondition, ReasonEntryLimitExceeded,
 				"the account already holds %d keys, the most a %s may have on one account", n, ownerWord(e.Owner.Type))
 		}
-		if err := q.InsertEntry(ctx, insertParams(e)); err != nil {
+		ins := insertParams(e)
+		ins.PendingOp = pgtype.Text{String: PendingCreate, Valid: true}
+		ins.PendingRequestID = uuid.NullUUID{UUID: reqID, Valid: true}
+		ins.PendingCorrelation = uuid.NullUUID{UUID: corr, Valid: true}
+		if err := q.InsertEntry(ctx, ins); err != nil {
 			return err
 		}
 		if err := s.record(ctx, q, c, "CreateKey", e.Key, reqID, ReasonUnspecified, nil, &e); err != nil {
 			return err
 		}
-		if err := s.emitEntry(ctx, q, c, e, &dictv1.EventEnvelope{EventType: "KeyCreated",
-			Payload: &dictv1.EventEnvelope_KeyCreated{KeyCreated: &dictv1.KeyCreated{
-				Entry: e.Proto(), RequestId: reqID.String(), CidEvents: []*dictv1.CidEvent{cidAdded(e.CID)}}}}); err != nil {
+		if err := s.requestDirectory(ctx, q, c, corr, reqID, e.Key, &dictv1.DirectoryRequest{
+			Operation: &dictv1.DirectoryRequest_CreateEntry{CreateEntry: &dictv1.DirCreateEntry{
+				KeyType: dictv1.KeyType(e.KeyType), Key: dirKey, Account: dirAccount(e.Account), Owner: dirOwner(e.Owner)}}}); err != nil {
 			return err
 		}
 		out = e
@@ -259,7 +299,7 @@ func (s *Service) CreateKey(ctx context.Context, c Caller, in CreateKeyInput) (E
 	if !replayed && s.cache != nil {
 		s.cache.Invalidate(ctx, out.Key)
 	}
-	s.logger.InfoContext(ctx, "key created", "key", MaskForLog(out.Key), "key_type", out.KeyType.String(), "participant", c.Participant)
+	s.logger.InfoContext(ctx, "key create sent to the directory", "key", MaskForLog(out.Key), "key_type", out.KeyType.String(), "participant", c.Participant)
 	return out, nil
 }
 
@@ -356,6 +396,19 @@ func (s *Service) GetKey(ctx context.Context, c Caller, t KeyType, key string) (
 		return Entry{}, err
 	}
 	e, err := s.entry(ctx, k)
+	if errors.Is(err, errNoOwnEntry) {
+		// An EVP created here is found by the request id that created it:
+		// its key until the directory generated one, and after.
+		if id, perr := uuid.Parse(k); perr == nil && len(k) == 36 {
+			row, qerr := s.q.GetEVPEntryByRequest(ctx, sqlc.GetEVPEntryByRequestParams{RequestID: id, Participant: c.Participant})
+			if qerr == nil {
+				return entryFromRow(row), nil
+			}
+			if !errors.Is(qerr, pgx.ErrNoRows) {
+				return Entry{}, dbError("get key", qerr)
+			}
+		}
+	}
 	if err != nil {
 		return Entry{}, err
 	}
@@ -475,7 +528,10 @@ type UpdateKeyInput struct {
 var updateReasons = map[Reason]bool{ReasonUserRequested: true, ReasonBranchTransfer: true, ReasonReconciliation: true, ReasonRFBValidation: true}
 
 // UpdateKey changes the account, the name or the trade name of one of the
-// caller participant's entries; nothing else of an entry may change.
+// caller participant's entries; nothing else of an entry may change. The
+// change waits for the directory: the entry answers PENDING (operation
+// UPDATE) with its current data until the directory's response applies the
+// change ([Service.ApplyDirectoryResponse]).
 func (s *Service) UpdateKey(ctx context.Context, c Caller, in UpdateKeyInput) (Entry, error) {
 	reqID, err := parseRequestID(in.RequestID)
 	if err != nil {
@@ -520,6 +576,9 @@ func (s *Service) UpdateKey(ctx context.Context, c Caller, in UpdateKeyInput) (E
 			return err
 		}
 		before := entryFromRow(row)
+		if err := writable(before); err != nil {
+			return err
+		}
 		owner := in.Owner
 		// Only the names may change; type and tax id, when sent, must match.
 		if owner.Type == OwnerTypeUnspecified {
@@ -553,33 +612,51 @@ func (s *Service) UpdateKey(ctx context.Context, c Caller, in UpdateKeyInput) (E
 					"the new account already holds %d keys, the most a %s may have on one account", n, ownerWord(owner.Type))
 			}
 		}
-		w, _ := CIDWords(after.CID)
-		if err := q.UpdateEntry(ctx, sqlc.UpdateEntryParams{
-			Key: key, Branch: acc.Branch, AccountNumber: acc.Number, AccountType: acc.Type.String(),
-			AccountOpenedAt: acc.OpenedAt, OwnerName: owner.Name, OwnerTradeName: owner.TradeName,
-			UpdatedAt: after.UpdatedAt, Cid: after.CID, CidW0: w[0], CidW1: w[1], CidW2: w[2], CidW3: w[3],
+		change, err := json.Marshal(after)
+		if err != nil {
+			return err
+		}
+		pending := before
+		pending.Status, pending.PendingOp, pending.UpdatedAt = EntryStatusPending, PendingUpdate, after.UpdatedAt
+		pending.FailureReason, pending.FailureMessage = "", ""
+		corr := uuid.New()
+		if err := q.SetEntryPending(ctx, sqlc.SetEntryPendingParams{
+			PendingOp: PendingUpdate, PendingRequestID: uuid.NullUUID{UUID: reqID, Valid: true},
+			PendingCorrelation: uuid.NullUUID{UUID: corr, Valid: true}, PendingReason: in.Reason.String(),
+			PendingChange: change, UpdatedAt: pending.UpdatedAt, Key: key,
 		}); err != nil {
 			return err
 		}
 		if err := s.record(ctx, q, c, "UpdateKey", key, reqID, in.Reason, &before, &after); err != nil {
 			return err
 		}
-		if err := s.emitEntry(ctx, q, c, after, &dictv1.EventEnvelope{EventType: "KeyUpdated",
-			Payload: &dictv1.EventEnvelope_KeyUpdated{KeyUpdated: &dictv1.KeyUpdated{
-				Entry: after.Proto(), RequestId: reqID.String(), Reason: dictv1.Reason(in.Reason),
-				CidEvents: []*dictv1.CidEvent{cidRemoved(before.CID), cidAdded(after.CID)}}}}); err != nil {
+		if err := s.requestDirectory(ctx, q, c, corr, reqID, key, &dictv1.DirectoryRequest{
+			Operation: &dictv1.DirectoryRequest_UpdateEntry{UpdateEntry: &dictv1.DirUpdateEntry{
+				Key: key, Account: dirAccount(acc), Owner: dirOwner(owner), Reason: dictv1.Reason(in.Reason)}}}); err != nil {
 			return err
 		}
-		out = after
-		return s.answerRequest(ctx, q, reqID, after)
+		out = pending
+		return s.answerRequest(ctx, q, reqID, pending)
 	})
 	if err != nil {
 		return Entry{}, err
 	}
 	if !replayed && s.cache != nil {
-		s.cache.Put(ctx, out.Key, out, out.UpdatedAt.UnixNano())
+		s.cache.Invalidate(ctx, out.Key)
 	}
 	return out, nil
+}
+
+// writable refuses a write to an entry that cannot take one now: one still
+// waiting for the directory, or a create the directory refused.
+func writable(e Entry) error {
+	switch {
+	case e.Status == EntryStatusPending:
+		return errPendingOperation
+	case e.Status == EntryStatusFailed:
+		return errNoOwnEntry
+	}
+	return nil
 }
 
 // DeleteKeyInput is a request to remove an entry.
@@ -592,8 +669,11 @@ type DeleteKeyInput struct {
 
 var deleteReasons = map[Reason]bool{ReasonUserRequested: true, ReasonAccountClosure: true, ReasonReconciliation: true, ReasonFraud: true, ReasonRFBValidation: true}
 
-// DeleteKey removes one of the caller participant's entries and returns it
-// with status DELETED.
+// DeleteKey asks the directory to remove one of the caller participant's
+// entries: the entry answers PENDING (operation DELETE) with its data until
+// the directory's response removes it ([Service.ApplyDirectoryResponse]). A
+// create the directory refused (FAILED) is removed at once, with status
+// DELETED: the directory never held it.
 func (s *Service) DeleteKey(ctx context.Context, c Caller, in DeleteKeyInput) (Entry, error) {
 	reqID, err := parseRequestID(in.RequestID)
 	if err != nil {
@@ -625,23 +705,43 @@ func (s *Service) DeleteKey(ctx context.Context, c Caller, in DeleteKeyInput) (E
 			return err
 		}
 		before := entryFromRow(row)
-		if err := q.DeleteEntry(ctx, key); err != nil {
+		now := s.now().UTC().Truncate(time.Microsecond)
+		if before.Status == EntryStatusFailed {
+			if err := q.DeleteEntry(ctx, key); err != nil {
+				return err
+			}
+			after := before
+			after.Status, after.UpdatedAt = EntryStatusDeleted, now
+			if err := s.record(ctx, q, c, "DeleteKey", key, reqID, in.Reason, &before, &after); err != nil {
+				return err
+			}
+			out = after
+			return s.answerRequest(ctx, q, reqID, after)
+		}
+		if err := writable(before); err != nil {
 			return err
 		}
-		after := before
-		after.Status = EntryStatusDeleted
-		after.UpdatedAt = s.now().UTC().Truncate(time.Microsecond)
-		if err := s.record(ctx, q, c, "DeleteKey", key, reqID, in.Reason, &before, &after); err != nil {
+		pending := before
+		pending.Status, pending.PendingOp, pending.UpdatedAt = EntryStatusPending, PendingDelete, now
+		pending.FailureReason, pending.FailureMessage = "", ""
+		corr := uuid.New()
+		if err := q.SetEntryPending(ctx, sqlc.SetEntryPendingParams{
+			PendingOp: PendingDelete, PendingRequestID: uuid.NullUUID{UUID: reqID, Valid: true},
+			PendingCorrelation: uuid.NullUUID{UUID: corr, Valid: true}, PendingReason: in.Reason.String(),
+			UpdatedAt: now, Key: key,
+		}); err != nil {
 			return err
 		}
-		if err := s.emitEntry(ctx, q, c, after, &dictv1.EventEnvelope{EventType: "KeyDeleted",
-			Payload: &dictv1.EventEnvelope_KeyDeleted{KeyDeleted: &dictv1.KeyDeleted{
-				Entry: after.Proto(), RequestId: reqID.String(), Reason: dictv1.Reason(in.Reason),
-				CidEvents: []*dictv1.CidEvent{cidRemoved(before.CID)}}}}); err != nil {
+		if err := s.record(ctx, q, c, "DeleteKey", key, reqID, in.Reason, &before, &pending); err != nil {
 			return err
 		}
-		out = after
-		return s.answerRequest(ctx, q, reqID, after)
+		if err := s.requestDirectory(ctx, q, c, corr, reqID, key, &dictv1.DirectoryRequest{
+			Operation: &dictv1.DirectoryRequest_DeleteEntry{DeleteEntry: &dictv1.DirDeleteEntry{
+				Key: key, Reason: dictv1.Reason(in.Reason)}}}); err != nil {
+			return err
+		}
+		out = pending
+		return s.answerRequest(ctx, q, reqID, pending)
 	})
 	if err != nil {
 		return Entry{}, err
@@ -670,8 +770,9 @@ type PayerView struct {
 }
 
 // LookupKey answers a lookup for a payment. Keys held by the caller's own
-// participant are answered from its own data, as BCB requires; any other
-// key needs the directory, which this build does not reach yet.
+// participant are answered from its own data, as BCB requires, and never
+// sent; any other key is asked of the directory ([Directory.Lookup]),
+// cached per DOMAIN.md.
 func (s *Service) LookupKey(ctx context.Context, c Caller, in LookupInput) (Entry, PayerView, error) {
 	_, key, err := NormalizeAnyKey(in.KeyType, in.Key)
 	if err != nil {
@@ -690,7 +791,7 @@ func (s *Service) LookupKey(ctx context.Context, c Caller, in LookupInput) (Entr
 		}
 	}
 	e, err := s.entry(ctx, key)
-	if errors.Is(err, errNoOwnEntry) || (err == nil && e.Account.Participant != c.Participant) {
+	if errors.Is(err, errNoOwnEntry) || (err == nil && (e.Account.Participant != c.Participant || !e.inDirectory())) {
 		// Not the caller's own key: BCB's answer, through the directory.
 		e, err = s.lookupDirectory(ctx, c, key, payerID, in.EndToEndID)
 	}
@@ -826,10 +927,9 @@ type KeyExistence struct {
 	HasEntry bool
 }
 
-// CheckKeys tells which of 1 to 200 keys have entries. Only keys held by the
-// caller's participant can be answered without the directory; a request
-// naming any other key is refused as unimplemented rather than answered
-// with a guess.
+// CheckKeys tells which of 1 to 200 keys have entries. Keys the caller's
+// participant holds are answered from its own data; the others are asked
+// of the directory in one check_keys request.
 func (s *Service) CheckKeys(ctx context.Context, c Caller, keys []string) ([]KeyExistence, error) {
 	if len(keys) == 0 || len(keys) > MaxCheckKeys {
 		return nil, Invalid("keys", "keys must hold between 1 and %d keys; got %d", MaxCheckKeys, len(keys))
@@ -855,12 +955,31 @@ func (s *Service) CheckKeys(ctx context.Context, c Caller, keys []string) ([]Key
 	for _, k := range found {
 		have[k] = true
 	}
-	out := make([]KeyExistence, len(norm))
-	for i, k := range norm {
-		if !have[k] {
+	var ask []string
+	asked := map[string]bool{}
+	for _, k := range norm {
+		if !have[k] && !asked[k] {
+			asked[k] = true
+			ask = append(ask, k)
+		}
+	}
+	if len(ask) > 0 {
+		if s.directory == nil {
 			return nil, errDirectoryNotWired
 		}
-		out[i] = KeyExistence{Key: k, HasEntry: true}
+		there, err := s.directory.CheckKeys(ctx, c.Participant, ask)
+		if err != nil {
+			return nil, err
+		}
+		for k, ok := range there {
+			if ok && asked[k] {
+				have[k] = true
+			}
+		}
+	}
+	out := make([]KeyExistence, len(norm))
+	for i, k := range norm {
+		out[i] = KeyExistence{Key: k, HasEntry: have[k]}
 	}
 	return out, nil
 }
@@ -871,7 +990,7 @@ type SyncStatus struct {
 	VSync      string
 	EntryCount int64
 	LastCheck  time.Time // zero when never checked
-	Result     string    // "", "MATCH" or "MISMATCH"
+	Result     string    // "", [SyncMatch], [SyncMismatch] or [SyncRepaired]
 }
 
 // GetSyncStatus reports, per key type, the VSync of the caller participant's

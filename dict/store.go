@@ -78,12 +78,15 @@ func entryFromRow(r sqlc.Entry) Entry {
 			Name:      r.OwnerName,
 			TradeName: r.OwnerTradeName,
 		},
-		Status:        st,
-		CreatedAt:     r.CreatedAt.UTC(),
-		KeyOwnedSince: r.KeyOwnedSince.UTC(),
-		UpdatedAt:     r.UpdatedAt.UTC(),
-		CID:           r.Cid,
-		RequestID:     r.RequestID,
+		Status:         st,
+		CreatedAt:      r.CreatedAt.UTC(),
+		KeyOwnedSince:  r.KeyOwnedSince.UTC(),
+		UpdatedAt:      r.UpdatedAt.UTC(),
+		CID:            r.Cid,
+		RequestID:      r.RequestID,
+		PendingOp:      r.PendingOp.String,
+		FailureReason:  r.FailureReason,
+		FailureMessage: r.FailureMessage,
 	}
 }
 

@@ -42,8 +42,9 @@ type Handler func(ctx context.Context, d Delivery) error
 
 // ApplyOnce makes handlers idempotent by event id: it runs apply unless eventID was already applied, and
 // records eventID as applied only if apply succeeds, atomically with apply's effects. The production
-// implementation is a PostgreSQL table written in the handler's own transaction (the transaction travels
-// in the ctx apply receives); [MemoryOnce] is one for tests of logic.
+// implementation is [PGOnce], a PostgreSQL table written in the handler's own transaction (the
+// transaction travels in the ctx apply receives, see [TxFromContext]); [MemoryOnce] is one for tests of
+// logic.
 type ApplyOnce func(ctx context.Context, eventID string, apply func(ctx context.Context) error) error
 
 // Consumer reads several topics through one subscription and routes each event by its type to the

@@ -50,7 +50,12 @@ const howToStart = "start the local services with `scripts/deps.sh up`"
 // newPulsarClient returns a client of the local broker, or fails the test saying how to start it.
 func newPulsarClient(t *testing.T) pulsar.Client {
 	t.Helper()
-	raw := pulsarURL()
+	return newPulsarClientAt(t, pulsarURL())
+}
+
+// newPulsarClientAt returns a client of the broker at raw (a pulsar:// URL).
+func newPulsarClientAt(t *testing.T, raw string) pulsar.Client {
+	t.Helper()
 	u, err := url.Parse(raw)
 	if err != nil || u.Host == "" {
 		t.Fatalf("PULSAR_URL=%q is not a pulsar:// URL: %v", raw, err)

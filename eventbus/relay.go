@@ -1,6 +1,7 @@
 package eventbus
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -8,6 +9,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"os"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -18,6 +20,7 @@ import (
 	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/lbpay-lab/core-dict/sqlc"
 )
@@ -28,11 +31,12 @@ import (
 // The outbox is split into lanes by partition key (schema/00003_outbox_relay.sql). A relay leases lanes
 // in outbox_lanes (FOR UPDATE SKIP LOCKED, renewed while it runs, released when [Relay.Run] returns), so
 // only one instance publishes a lane and several instances share the work. For each lane it holds, it
-// first commits a lane sequence number on the rows it is about to send, then sends them through a
-// producer whose name is fixed per topic and lane, with that number as the Pulsar sequence id, and marks
-// them published only once the broker acknowledged them. A relay that dies after sending and before
-// marking leaves rows that its successor re-sends under the same producer name and sequence ids: the
-// broker's deduplication drops them.
+// first commits a lane sequence number and a batch on the rows it is about to send, then sends them
+// through a producer whose name is fixed per topic and lane, each batch as one Pulsar entry under its
+// first row's number as the sequence id, and marks them published only once the broker acknowledged
+// them. A relay that dies after sending and before marking leaves rows that its successor re-sends in
+// the same batches under the same producer name and sequence ids: the broker's deduplication drops the
+// batches it already holds, whole.
 //
 // It is woken by LISTEN/NOTIFY on the channel "outbox" and also polls, so a lost notification only
 // delays a row by one poll interval.
@@ -48,11 +52,14 @@ type Relay struct {
 	sendWait time.Duration
 	backoff  [2]time.Duration
 	logger   *slog.Logger
+	tracer   trace.Tracer // nil: otel's global provider, looked up when a row is sent
+	identity string       // the database's outbox identity, part of every producer name
 
-	backlog   prometheus.Gauge
-	oldestAge prometheus.Gauge
-	published prometheus.Counter
-	errs      prometheus.Counter
+	backlog     prometheus.Gauge
+	oldestAge   prometheus.Gauge
+	published   prometheus.Counter
+	errs        prometheus.Counter
+	batchSplits prometheus.Counter
 }
 
 // RelayOption configures a [Relay].
@@ -91,10 +98,10 @@ func WithRelayLeaseTTL(d time.Duration) RelayOption {
 }
 
 // WithRelayRegistry registers the relay's metrics (outbox_backlog, outbox_oldest_age_seconds,
-// outbox_published_total, outbox_publish_errors_total) in reg.
+// outbox_published_total, outbox_publish_errors_total, outbox_batch_splits_total) in reg.
 func WithRelayRegistry(reg prometheus.Registerer) RelayOption {
 	return relayOptionFunc(func(r *Relay) {
-		reg.MustRegister(r.backlog, r.oldestAge, r.published, r.errs)
+		reg.MustRegister(r.backlog, r.oldestAge, r.published, r.errs, r.batchSplits)
 	})
 }
 
@@ -131,6 +138,9 @@ func NewRelay(pool *pgxpool.Pool, client pulsar.Client, opts ...RelayOption) *Re
 		errs: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "outbox_publish_errors_total", Help: "Failed outbox publish rounds.",
 		}),
+		batchSplits: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "outbox_batch_splits_total", Help: "Messages the Pulsar client put outside the batch the relay cut for them (should stay 0).",
+		}),
 	}
 	for _, o := range opts {
 		o.apply(r)
@@ -149,6 +159,11 @@ func (r *Relay) Run(ctx context.Context) error {
 	if err := r.pool.QueryRow(ctx, "SELECT count(*) FROM outbox_lanes").Scan(&lanes); err != nil {
 		return fmt.Errorf("outbox relay: read lanes: %w", err)
 	}
+	identity, err := r.q.OutboxIdentity(ctx)
+	if err != nil {
+		return fmt.Errorf("outbox relay: read the outbox identity: %w", err)
+	}
+	r.identity = identity.String()
 	if lanes == 0 {
 		return errors.New("outbox relay: outbox_lanes is empty; run the migrations")
 	}
@@ -318,20 +333,57 @@ type laneState struct {
 	producers map[string]pulsar.Producer
 }
 
-// drain sequences and publishes the lane's rows until none are left.
+// A batch is one Pulsar entry: at most maxBatchMessages rows of one topic, cut when the rows are
+// sequenced (SequenceOutboxRound). Outbox payloads are at most 32 KiB (a CHECK in the schema), so a full
+// batch stays well under the producer's BatchingMaxSize and the client never splits one.
+const (
+	maxBatchMessages   = 100
+	producerBatchBytes = 4 << 20
+)
+
+// drain publishes the lane's rows until none are left: first whatever is in flight (sequenced but not
+// acknowledged: a failed round's, or a dead relay's), then round after round of newly sequenced rows,
+// each round one statement to sequence and fetch, the sends, and one to mark. New rows are sequenced
+// only once every sequenced row is acknowledged, so at most one round (r.batch rows) is ever in flight
+// per lane and a listing of them never cuts a batch.
 func (l *laneState) drain(ctx context.Context) error {
 	r := l.relay
-	lane := pgtype.Int2{Int16: l.lane, Valid: true}
+	inFlight := true // until a listing shows none
 	for {
-		if err := l.sequence(ctx); err != nil {
-			return err
-		}
-		rows, err := r.q.ListSequencedOutbox(ctx, sqlc.ListSequencedOutboxParams{Lane: lane, MaxRows: int32(r.batch)})
-		if err != nil {
-			return fmt.Errorf("list outbox lane %d: %w", l.lane, err)
+		var rows []sqlc.ListSequencedOutboxRow
+		if inFlight {
+			var err error
+			rows, err = r.q.ListSequencedOutbox(ctx, sqlc.ListSequencedOutboxParams{
+				Lane: pgtype.Int2{Int16: l.lane, Valid: true}, MaxRows: int32(r.batch),
+			})
+			if err != nil {
+				return fmt.Errorf("list outbox lane %d: %w", l.lane, err)
+			}
+			inFlight = len(rows) == r.batch
+			if inFlight {
+				// Perhaps more (a relay with a larger batch size left them): send whole batches only,
+				// then list again.
+				last := rows[len(rows)-1].LaneBatch
+				for len(rows) > 1 && rows[len(rows)-1].LaneBatch == last {
+					rows = rows[:len(rows)-1]
+				}
+			}
 		}
 		if len(rows) == 0 {
-			return nil
+			round, err := r.q.SequenceOutboxRound(ctx, sqlc.SequenceOutboxRoundParams{
+				Lane: l.lane, Owner: r.owner, MaxBatch: maxBatchMessages, MaxRows: int32(r.batch),
+			})
+			if err != nil {
+				return fmt.Errorf("sequence outbox lane %d: %w", l.lane, err)
+			}
+			if len(round) == 0 {
+				return nil
+			}
+			rows = make([]sqlc.ListSequencedOutboxRow, len(round))
+			for i, row := range round {
+				rows[i] = sqlc.ListSequencedOutboxRow(row)
+			}
+			slices.SortFunc(rows, func(a, b sqlc.ListSequencedOutboxRow) int { return cmp.Compare(a.LaneSeq, b.LaneSeq) })
 		}
 		if err := l.publish(ctx, rows); err != nil {
 			return err
@@ -339,36 +391,12 @@ func (l *laneState) drain(ctx context.Context) error {
 	}
 }
 
-// sequence gives the lane's unsequenced rows, in insert order, the lane's next sequence numbers, and
-// commits that before anything is sent: the numbers are then the rows' Pulsar sequence ids for good.
-func (l *laneState) sequence(ctx context.Context) error {
-	r := l.relay
-	return pgx.BeginFunc(ctx, r.pool, func(tx pgx.Tx) error {
-		q := r.q.WithTx(tx)
-		next, err := q.LockOutboxLane(ctx, sqlc.LockOutboxLaneParams{Lane: l.lane, Owner: r.owner})
-		if errors.Is(err, pgx.ErrNoRows) {
-			return errLeaseLost
-		}
-		if err != nil {
-			return fmt.Errorf("lock outbox lane %d: %w", l.lane, err)
-		}
-		ids, err := q.ListUnsequencedOutbox(ctx, sqlc.ListUnsequencedOutboxParams{
-			Lane: pgtype.Int2{Int16: l.lane, Valid: true}, MaxRows: int32(r.batch),
-		})
-		if err != nil || len(ids) == 0 {
-			return err
-		}
-		if err := q.SequenceOutbox(ctx, sqlc.SequenceOutboxParams{FirstSeq: next, Ids: ids}); err != nil {
-			return fmt.Errorf("sequence outbox lane %d: %w", l.lane, err)
-		}
-		return q.AdvanceOutboxLane(ctx, sqlc.AdvanceOutboxLaneParams{Lane: l.lane, NextSeq: next + int64(len(ids))})
-	})
-}
-
-// publish sends rows (in lane sequence order) and marks the acknowledged ones. Per topic, only the
-// acknowledged prefix is marked; after any failure the topic's producer is closed, which fails whatever
-// it still holds, so the broker has stored a prefix of what was sent and a re-send of the rest is
-// neither dropped wrongly nor doubled.
+// publish sends rows (a lane's sequenced rows, in lane sequence order), batch by batch as they were
+// cut, and marks the acknowledged ones. A batch's rows go out with SendAsync except the last, which is
+// sent with Send: that flushes the producer's batch at exactly the batch's bound and waits for the
+// broker's receipt. Per topic, only the acknowledged prefix of batches is marked; after any failure the
+// topic's producer is closed, which fails whatever it still holds, so the broker has stored a prefix of
+// the batches sent and a re-send of the rest is neither dropped wrongly nor doubled.
 func (l *laneState) publish(ctx context.Context, rows []sqlc.ListSequencedOutboxRow) error {
 	r := l.relay
 	byTopic := map[string][]int{}
@@ -379,7 +407,6 @@ func (l *laneState) publish(ctx context.Context, rows []sqlc.ListSequencedOutbox
 		}
 		byTopic[row.Topic] = append(byTopic[row.Topic], i)
 	}
-	results := make([]error, len(rows))
 	var acked []uuid.UUID
 	var firstErr error
 	for _, topic := range topics {
@@ -390,73 +417,12 @@ func (l *laneState) publish(ctx context.Context, rows []sqlc.ListSequencedOutbox
 			l.recordFailure(ctx, rows, idx, err)
 			continue
 		}
-		var wg sync.WaitGroup
-		for _, i := range idx {
-			row := rows[i]
-			seq := row.LaneSeq
-			props := map[string]string{
-				"event_id":       row.ID.String(),
-				"event_type":     row.EventType,
-				"aggregate_type": row.AggregateType,
-				"aggregate_id":   row.AggregateID,
-				"participant":    row.Participant,
-				"content_type":   row.ContentType,
-			}
-			if row.Traceparent.Valid && row.Traceparent.String != "" {
-				props["traceparent"] = row.Traceparent.String
-			}
-			wg.Add(1)
-			p.SendAsync(ctx, &pulsar.ProducerMessage{
-				Payload: row.Payload, Key: row.PartitionKey, Properties: props,
-				SequenceID: &seq, EventTime: row.CreatedAt,
-			}, func(_ pulsar.MessageID, _ *pulsar.ProducerMessage, err error) {
-				results[i] = err
-				wg.Done()
-			})
-		}
-		done := make(chan struct{})
-		go func() { wg.Wait(); close(done) }()
-		timer := time.NewTimer(r.sendWait)
-		select {
-		case <-done:
-		case <-timer.C:
-		case <-ctx.Done():
-		}
-		timer.Stop()
-		n := 0
-		select {
-		case <-done:
-			for _, i := range idx {
-				if results[i] != nil {
-					break
-				}
-				n++
-			}
-		default:
-			// Closing fails every pending send; then the results are final.
-			l.dropProducer(topic)
-			select {
-			case <-done:
-			case <-time.After(r.sendWait):
-				// Not expected: Close fails pending sends. Treat the whole topic as unsent.
-				return cmpErr(firstErr, fmt.Errorf("publish to %s (lane %d): producer close did not fail pending sends", topic, l.lane))
-			}
-			for _, i := range idx {
-				if results[i] != nil {
-					break
-				}
-				n++
-			}
-			if n == len(idx) {
-				break
-			}
-			results[idx[n]] = cmpErr(results[idx[n]], errors.New("broker did not acknowledge in time"))
-		}
+		n, err := l.sendBatches(ctx, p, rows, idx)
 		for _, i := range idx[:n] {
 			acked = append(acked, rows[i].ID)
 		}
-		if n < len(idx) {
-			err := fmt.Errorf("publish to %s (lane %d, sequence %d): %w", topic, l.lane, rows[idx[n]].LaneSeq, results[idx[n]])
+		if err != nil {
+			err = fmt.Errorf("publish to %s (lane %d, sequence %d): %w", topic, l.lane, rows[idx[n]].LaneSeq, err)
 			firstErr = cmpErr(firstErr, err)
 			l.dropProducer(topic)
 			l.recordFailure(ctx, rows, idx[n:], err)
@@ -475,6 +441,98 @@ func (l *laneState) publish(ctx context.Context, rows []sqlc.ListSequencedOutbox
 		}
 	}
 	return firstErr
+}
+
+// sendBatches sends the rows idx (one topic's, in order) through p batch by batch and returns how many
+// of them, a prefix of whole batches, the broker acknowledged, with the error that stopped it. On an
+// error the caller must close p before sending again: it may still hold messages.
+//
+// The producer's batch container holds exactly maxBatchMessages, so a full batch is flushed, whole, by
+// the first message of the next one and the full batches are pipelined. A batch that is not full, or
+// is the last one sent, ends with a blocking Send, which flushes at exactly its bound and waits for the
+// receipts of everything sent before it.
+func (l *laneState) sendBatches(ctx context.Context, p pulsar.Producer, rows []sqlc.ListSequencedOutboxRow, idx []int) (int, error) {
+	r := l.relay
+	errs := make([]error, len(idx))
+	var wg sync.WaitGroup
+	acked := func(upto int) (int, error) {
+		wg.Wait()
+		for k, err := range errs[:upto] {
+			if err != nil {
+				// Whole batches fail together; k is the first row of the first failed batch.
+				return k, err
+			}
+		}
+		return upto, nil
+	}
+	for start := 0; start < len(idx); {
+		end := start + 1
+		for end < len(idx) && rows[idx[end]].LaneBatch == rows[idx[start]].LaneBatch {
+			end++
+		}
+		size := end - start
+		pipelined := size == maxBatchMessages && end < len(idx)
+		for k := start; k < end; k++ {
+			i := idx[k]
+			msg, span := l.message(ctx, rows[i])
+			if k == end-1 && !pipelined {
+				sctx, cancel := context.WithTimeout(ctx, r.sendWait)
+				id, err := p.Send(sctx, msg)
+				cancel()
+				endPublishSpan(span, id, err)
+				if err != nil {
+					// Close fails what p still holds, so the callbacks all run.
+					l.dropProducer(rows[i].Topic)
+					errs[k] = err
+					return acked(end)
+				}
+				l.checkBatch(id, nil, k-start, size, rows[i].LaneBatch)
+				continue
+			}
+			wg.Add(1)
+			p.SendAsync(ctx, msg, func(id pulsar.MessageID, _ *pulsar.ProducerMessage, err error) {
+				endPublishSpan(span, id, err)
+				errs[k] = err
+				l.checkBatch(id, err, k-start, size, rows[i].LaneBatch)
+				wg.Done()
+			})
+		}
+		start = end
+	}
+	return acked(len(idx))
+}
+
+// message is the Pulsar message of an outbox row: its payload and key, its lane sequence number as the
+// sequence id, and the event's identity and trace context as properties; with it, the row's publish span
+// (a child of the request that wrote the row), which the caller ends when the broker answers.
+func (l *laneState) message(ctx context.Context, row sqlc.ListSequencedOutboxRow) (*pulsar.ProducerMessage, trace.Span) {
+	seq := row.LaneSeq
+	props := map[string]string{
+		"event_id":       row.ID.String(),
+		"event_type":     row.EventType,
+		"aggregate_type": row.AggregateType,
+		"aggregate_id":   row.AggregateID,
+		"participant":    row.Participant,
+		"content_type":   row.ContentType,
+	}
+	span := l.relay.tracePublish(ctx, row.Traceparent.String, row.Topic, row.ID.String(), props)
+	return &pulsar.ProducerMessage{
+		Payload: row.Payload, Key: row.PartitionKey, Properties: props,
+		SequenceID: &seq, EventTime: row.CreatedAt,
+	}, span
+}
+
+// checkBatch reports a message that the client did not put in the batch it was cut for: the broker's
+// deduplication of a re-send would then be wrong. It should never happen; the log makes it visible.
+func (l *laneState) checkBatch(id pulsar.MessageID, err error, k, size int, batch int64) {
+	if err != nil || id == nil || id.LedgerID() < 0 || id.BatchSize() == 0 {
+		return // failed, or a duplicate the broker dropped (no position)
+	}
+	if int(id.BatchIdx()) != k || int(id.BatchSize()) != size {
+		l.relay.batchSplits.Inc()
+		l.relay.logger.Error("outbox batch split by the client", "lane", l.lane, "batch", batch,
+			"index", k, "size", size, "got_index", id.BatchIdx(), "got_size", id.BatchSize())
+	}
 }
 
 func cmpErr(old, err error) error {
@@ -496,10 +554,13 @@ func (l *laneState) recordFailure(ctx context.Context, rows []sqlc.ListSequenced
 	}
 }
 
-// ProducerName is the fixed name of the relay's producer for topic and lane, the key of the broker's
-// deduplication: every relay instance that ever publishes the lane uses it.
-func ProducerName(topic string, lane int) string {
+// ProducerName is the fixed name of the relay's producer for the outbox of the database whose outbox
+// identity is identity (table outbox_identity), topic and lane: the key of the broker's deduplication.
+// Every relay instance that ever publishes the lane uses it; another database's relays never do.
+func ProducerName(identity, topic string, lane int) string {
 	h := fnv.New64a()
+	h.Write([]byte(identity))
+	h.Write([]byte{0})
 	h.Write([]byte(topic))
 	return fmt.Sprintf("core-dict-outbox-%016x-lane-%d", h.Sum64(), lane)
 }
@@ -510,19 +571,18 @@ func (l *laneState) producer(topic string) (pulsar.Producer, error) {
 	}
 	p, err := l.relay.client.CreateProducer(pulsar.ProducerOptions{
 		Topic: topic,
-		Name:  ProducerName(topic, int(l.lane)),
+		Name:  ProducerName(l.relay.identity, topic, int(l.lane)),
 		// No send timeout: the client never fails one message while a later one may still be
 		// stored, so what the broker holds is always a prefix of what was sent.
 		SendTimeout:     -1,
 		CompressionType: pulsar.LZ4,
-		// One message per batch: the broker deduplicates a batch by its sequence ids as a whole, and a
-		// successor re-sending the same rows would batch them differently, so a batch straddling the
-		// stored prefix would be dropped whole (losing its new rows) or stored whole (doubling the old
-		// ones); TestRelayKilledMidBatch caught exactly that with 100-message batches. Batching stays
-		// on, with batches of one, because pulsar-client-go v0.19.0's unbatched send path races with
-		// its reconnect (go test -race, TestRelayPulsarOutage). Sends are still pipelined.
-		BatchingMaxMessages:     1,
-		BatchingMaxPublishDelay: time.Millisecond,
+		// Batches are cut by the relay (cutBatches) and flushed by it (sendBatches), never by the
+		// client: the broker deduplicates a batch by its first sequence id as a whole, so a successor
+		// re-sending the rows must send the very same batches. Hence room for exactly a full batch
+		// (sendBatches relies on it) and no timer flush in between.
+		BatchingMaxMessages:     maxBatchMessages,
+		BatchingMaxSize:         producerBatchBytes,
+		BatchingMaxPublishDelay: 24 * time.Hour,
 		MaxPendingMessages:      max(1000, 2*l.relay.batch),
 	})
 	if err != nil {

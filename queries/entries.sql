@@ -8,11 +8,13 @@ SELECT * FROM entries WHERE key = $1 FOR UPDATE;
 INSERT INTO entries (
     key, key_type, participant, branch, account_number, account_type, account_opened_at,
     owner_type, owner_tax_id, owner_name, owner_trade_name, status,
-    created_at, key_owned_since, updated_at, request_id, cid, cid_w0, cid_w1, cid_w2, cid_w3
+    created_at, key_owned_since, updated_at, request_id, cid, cid_w0, cid_w1, cid_w2, cid_w3,
+    pending_op, pending_request_id, pending_correlation
 ) VALUES (
     $1, $2, $3, $4, $5, $6, $7,
     $8, $9, $10, $11, $12,
-    $13, $14, $15, $16, $17, $18, $19, $20, $21
+    $13, $14, $15, $16, $17, $18, $19, $20, $21,
+    sqlc.narg(pending_op), sqlc.narg(pending_request_id), sqlc.narg(pending_correlation)
 );
 
 -- name: UpdateEntry :exec
@@ -26,8 +28,9 @@ WHERE key = $1;
 DELETE FROM entries WHERE key = $1;
 
 -- name: CountAccountEntries :one
+-- A refused (FAILED) create holds no key; a pending one holds its place.
 SELECT count(*) FROM entries
-WHERE participant = $1 AND branch = $2 AND account_number = $3 AND account_type = $4;
+WHERE participant = $1 AND branch = $2 AND account_number = $3 AND account_type = $4 AND status <> 'FAILED';
 
 -- name: LockAccount :exec
 -- Serialises writes to one account so the keys-per-account limit holds under
@@ -56,7 +59,10 @@ ORDER BY key
 LIMIT sqlc.arg(page_limit);
 
 -- name: OwnEntriesExist :many
-SELECT key FROM entries WHERE participant = $1 AND key = ANY(sqlc.arg(keys)::text[]);
+-- Keys the directory holds for the participant: confirmed, or with an update
+-- or delete still pending.
+SELECT key FROM entries WHERE participant = $1 AND key = ANY(sqlc.arg(keys)::text[])
+  AND status <> 'FAILED' AND pending_op IS DISTINCT FROM 'CREATE';
 
 -- name: VSyncByKeyType :many
 -- The VSync of each key type, aggregated from the stored CIDs.
@@ -67,5 +73,51 @@ SELECT key_type,
        coalesce(bit_xor(cid_w2), 0)::bigint AS w2,
        coalesce(bit_xor(cid_w3), 0)::bigint AS w3
 FROM entries
-WHERE participant = $1
+WHERE participant = $1 AND status <> 'FAILED' AND pending_op IS DISTINCT FROM 'CREATE'
 GROUP BY key_type;
+
+-- name: SetEntryPending :exec
+-- Records a pending update or delete; the row's data stays as confirmed.
+UPDATE entries SET status = 'PENDING', pending_op = @pending_op::text, pending_request_id = @pending_request_id,
+    pending_correlation = @pending_correlation, pending_reason = @pending_reason::text,
+    pending_change = sqlc.narg(pending_change), failure_reason = '', failure_message = '', updated_at = @updated_at
+WHERE key = @key;
+
+-- name: GetEntryByCorrelation :one
+SELECT * FROM entries WHERE pending_correlation = $1 FOR UPDATE;
+
+-- name: GetEVPEntryByRequest :one
+SELECT * FROM entries WHERE request_id = $1 AND key_type = 'EVP' AND participant = $2
+ORDER BY created_at DESC LIMIT 1;
+
+-- name: ConfirmEntry :exec
+-- Applies a confirmed create or update: the directory's key (an EVP create is
+-- re-keyed) and CID, the data, status ACTIVE, nothing pending.
+UPDATE entries SET
+    key = @new_key::text,
+    branch = @branch, account_number = @account_number, account_type = @account_type, account_opened_at = @account_opened_at,
+    owner_name = @owner_name, owner_trade_name = @owner_trade_name, updated_at = @updated_at,
+    cid = @cid, cid_w0 = @cid_w0, cid_w1 = @cid_w1, cid_w2 = @cid_w2, cid_w3 = @cid_w3,
+    status = 'ACTIVE', pending_op = NULL, pending_request_id = NULL, pending_correlation = NULL,
+    pending_reason = '', pending_change = NULL, failure_reason = '', failure_message = ''
+WHERE key = @key;
+
+-- name: RefuseEntry :exec
+-- Records the directory's refusal: a create becomes FAILED, an update or
+-- delete leaves the entry ACTIVE as it was.
+UPDATE entries SET
+    status = @status::text, pending_op = NULL, pending_request_id = NULL, pending_correlation = NULL,
+    pending_reason = '', pending_change = NULL,
+    failure_reason = @failure_reason::text, failure_message = @failure_message::text, updated_at = @updated_at
+WHERE key = @key;
+
+-- name: StalePendingRequests :many
+-- The DirectoryRequests of writes still pending whose key has had no
+-- request sent since @since (a request or its response was lost).
+SELECT o.topic, o.partition_key, o.aggregate_id, o.participant, o.payload, o.traceparent
+FROM entries e JOIN outbox o ON o.id = e.pending_correlation
+WHERE e.status = 'PENDING' AND o.published_at IS NOT NULL
+  AND NOT EXISTS (SELECT 1 FROM outbox r WHERE r.aggregate_id = e.key AND r.event_type = 'DirectoryRequest'
+                  AND r.created_at > @since)
+ORDER BY o.created_at
+LIMIT @max_rows::int;

@@ -60,6 +60,8 @@ func syncResultOut(r string) dictv1.SyncResult {
 		return dictv1.SyncResult_SYNC_RESULT_MATCH
 	case "MISMATCH":
 		return dictv1.SyncResult_SYNC_RESULT_MISMATCH
+	case "REPAIRED":
+		return dictv1.SyncResult_SYNC_RESULT_REPAIRED
 	default:
 		return dictv1.SyncResult_SYNC_RESULT_NOT_CHECKED
 	}

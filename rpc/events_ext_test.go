@@ -24,8 +24,9 @@ import (
 )
 
 // TestKeyEventsReachConsumer writes keys through the API with the outbox
-// relay running, and consumes the key events topic: every write's event
-// arrives exactly once, in order per key. It runs on a database of its own
+// relay running (it also carries the writes' DirectoryRequests to the test
+// directory), and consumes the key events topic: every confirmed write's
+// event arrives exactly once, in order per key. It runs on a database of its own
 // so the relay sees only its rows.
 func TestKeyEventsReachConsumer(t *testing.T) {
 	t.Parallel()
@@ -97,6 +98,11 @@ func TestKeyEventsReachConsumer(t *testing.T) {
 				for u := 0; u < 2; u++ {
 					if _, err := c.UpdateKey(ctx, &dictv1.UpdateKeyRequest{RequestId: uuid.NewString(), Key: e.GetKey(),
 						Account: e.GetAccount(), Owner: &dictv1.Owner{Name: fmt.Sprintf("Nome %d", u)}, Reason: dictv1.Reason_REASON_USER_REQUESTED}); err != nil {
+						t.Error(err)
+						return
+					}
+					// The next write waits for the directory to confirm this one.
+					if err := settled(c, e.GetKey()); err != nil {
 						t.Error(err)
 						return
 					}

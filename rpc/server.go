@@ -9,6 +9,7 @@ import (
 	"connectrpc.com/connect"
 	"connectrpc.com/grpchealth"
 	"connectrpc.com/grpcreflect"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/lbpay-lab/core-dict/dict"
 	"github.com/lbpay-lab/core-dict/rpc/dict/v1/dictv1connect"
@@ -26,8 +27,12 @@ type ServerConfig struct {
 	Logger          *slog.Logger
 	MaxRequestBytes int
 	// Extra interceptors run after authentication, before the handler
-	// (limiters, tracing).
+	// (limiters).
 	Interceptors []connect.Interceptor
+	// TracerProvider starts one server span per RPC, a child of the caller's
+	// traceparent when it sends one (default: otel.GetTracerProvider(), looked
+	// up when NewMux runs).
+	TracerProvider trace.TracerProvider
 }
 
 // NewMux returns the one mux that serves CoreDictService (gRPC, gRPC-Web and
@@ -40,7 +45,7 @@ func NewMux(cfg ServerConfig) *http.ServeMux {
 	if cfg.MaxRequestBytes <= 0 {
 		cfg.MaxRequestBytes = DefaultMaxRequestBytes
 	}
-	interceptors := []connect.Interceptor{extractTrace(), observe(cfg.Metrics, cfg.Logger), cfg.Auth.Interceptor()}
+	interceptors := []connect.Interceptor{newServerTracing(cfg.TracerProvider), observe(cfg.Metrics, cfg.Logger), cfg.Auth.Interceptor()}
 	interceptors = append(interceptors, cfg.Interceptors...)
 	mux := http.NewServeMux()
 	path, h := dictv1connect.NewCoreDictServiceHandler(

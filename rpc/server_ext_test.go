@@ -21,12 +21,15 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/uuid"
 	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/lbpay-lab/core-dict/cachelayer"
 	"github.com/lbpay-lab/core-dict/dict"
+	"github.com/lbpay-lab/core-dict/eventbus"
+	"github.com/lbpay-lab/core-dict/internal/dictbus"
 	"github.com/lbpay-lab/core-dict/internal/dictcache"
 	"github.com/lbpay-lab/core-dict/internal/testdb"
 	"github.com/lbpay-lab/core-dict/rpc"
@@ -71,6 +74,7 @@ func TestMain(m *testing.M) {
 	env.server = env.stack.server
 	code := m.Run()
 	env.stack.close()
+	closeDirectories()
 	db.Close()
 	os.Exit(code)
 }
@@ -79,6 +83,8 @@ func TestMain(m *testing.M) {
 // package's database, with Redis (the cache, the anti-scanning buckets, the
 // write-behind lookup counters) at redisURL, or none when redisURL is "".
 type stack struct {
+	link     *dictbus.Link
+	stopBus  func()
 	server   *httptest.Server
 	svc      *dict.Service
 	redis    *cachelayer.Client
@@ -88,6 +94,7 @@ type stack struct {
 
 func (s *stack) close() {
 	s.server.Close()
+	s.stopBus()
 	if s.counter != nil {
 		_ = s.counter.Close(context.Background())
 	}
@@ -108,6 +115,53 @@ func newStackWith(db *testdb.DB, redisURL string, dir dict.Directory, intercepto
 
 // newStackTopic is newStackWith writing key events for topic.
 func newStackTopic(db *testdb.DB, redisURL string, dir dict.Directory, topic string, interceptors ...connect.Interceptor) (*stack, error) {
+	return newStackTraced(db, redisURL, dir, topic, nil, interceptors...)
+}
+
+// newStackTraced is newStackTopic starting its server spans with tp (nil:
+// otel's global provider).
+func newStackTraced(db *testdb.DB, redisURL string, dir dict.Directory, topic string, tp trace.TracerProvider, interceptors ...connect.Interceptor) (*stack, error) {
+	return newStackOpts(db, redisURL, stackOptions{dir: dir, topic: topic, tp: tp, interceptors: interceptors})
+}
+
+// stackOptions configure a test stack.
+type stackOptions struct {
+	// dir replaces the Pulsar request/reply directory for lookups.
+	dir dict.Directory
+	// topic is the key events topic (default: one of db's own).
+	topic string
+	tp    trace.TracerProvider
+	// directoryTimeout bounds a lookup's wait (default dictbus's).
+	directoryTimeout time.Duration
+	interceptors     []connect.Interceptor
+}
+
+// newStackOpts builds a stack as the production wiring does: the service
+// over db, an outbox relay, and the directory link (the responses consumer
+// and the request/reply requester) to db's test directory over Pulsar.
+func newStackOpts(db *testdb.DB, redisURL string, o stackOptions) (*stack, error) {
+	dir, topic, tp, interceptors := o.dir, o.topic, o.tp, o.interceptors
+	if topic == "" {
+		topic = "persistent://dict/events/rpc-keys-" + db.Name
+	}
+	bus, err := testBus()
+	if err != nil {
+		return nil, err
+	}
+	if _, err := directoryOf(db); err != nil {
+		return nil, err
+	}
+	link, err := dictbus.New(bus, db.Pool, dictbus.Config{
+		RequestTopic: reqTopic(db), ResponseTopic: resTopic(db),
+		ReplyTopic:   dictbus.ReplyTopic(resTopic(db), uuid.NewString()[:8]),
+		Subscription: "core-dict-test", Timeout: o.directoryTimeout, ResendAfter: 3 * time.Second,
+	})
+	if err != nil {
+		return nil, err
+	}
+	if dir == nil {
+		dir = link.Directory()
+	}
 	auth, err := rpc.NewAuthenticator(rpc.AuthConfig{
 		HS256Secret:  apiSecret,
 		Participants: []string{partA, partB},
@@ -125,6 +179,10 @@ func newStackTopic(db *testdb.DB, redisURL string, dir dict.Directory, topic str
 		Directory:        dir,
 		KeyEventsTopic:   topic,
 		TraceParent:      rpc.TraceParent,
+
+		DirectoryRequestTopic: reqTopic(db),
+		DirectoryReplyTo:      resTopic(db),
+		ResponseOnce:          link.ResponseOnce(),
 	}
 	if redisURL != "" {
 		rc := cachelayer.DefaultConfig()
@@ -155,13 +213,31 @@ func newStackTopic(db *testdb.DB, redisURL string, dir dict.Directory, topic str
 	} else {
 		st.svc = dict.NewService(cfg)
 	}
+	link.Start(st.svc)
+	st.link = link
+	// A test that names its key events topic runs its own relay (with its
+	// own broker, tracer or metrics); the stack relays only for the others.
+	stopRelay, relayDone := func() {}, make(chan error, 1)
+	if o.topic == "" {
+		var relayCtx context.Context
+		relayCtx, stopRelay = context.WithCancel(context.Background())
+		go func() { relayDone <- eventbus.NewRelay(db.Pool, bus.Pulsar()).Run(relayCtx) }()
+	} else {
+		relayDone <- nil
+	}
+	st.stopBus = func() {
+		stopRelay()
+		<-relayDone
+		link.Stop()
+	}
 	mux := rpc.NewMux(rpc.ServerConfig{
 		Service: st.svc,
 		Auth:    auth,
 		Metrics: rpc.NewMetrics(st.registry),
 		Logger:  logger,
 
-		Interceptors: interceptors,
+		Interceptors:   interceptors,
+		TracerProvider: tp,
 	})
 	s := httptest.NewUnstartedServer(mux)
 	s.Config.Protocols = new(http.Protocols)
@@ -307,13 +383,18 @@ func createReq(kt dictv1.KeyType, key string, acc *dictv1.Account, owner *dictv1
 }
 
 // mustCreate creates a key or fails the test.
-func mustCreate(t *testing.T, c dictv1connect.CoreDictServiceClient, req *dictv1.CreateKeyRequest) *dictv1.Entry {
+func mustCreate(t testing.TB, c dictv1connect.CoreDictServiceClient, req *dictv1.CreateKeyRequest) *dictv1.Entry {
 	t.Helper()
 	res, err := c.CreateKey(context.Background(), req)
 	if err != nil {
 		t.Fatalf("CreateKey(%s): %v", req.GetKeyType(), err)
 	}
-	return res.GetEntry()
+	if res.GetEntry().GetStatus() != dictv1.EntryStatus_ENTRY_STATUS_PENDING {
+		t.Fatalf("CreateKey(%s) answered %s, want PENDING", req.GetKeyType(), res.GetEntry().GetStatus())
+	}
+	// An EVP is found by its request id until (and after) the directory
+	// generates its key.
+	return awaitEntry(t, c, res.GetEntry().GetKey(), dictv1.EntryStatus_ENTRY_STATUS_ACTIVE)
 }
 
 // wantErr checks a Connect error's code and, when reason is set, its
@@ -431,8 +512,13 @@ func TestCreateKeyEachType(t *testing.T) {
 			if diff := cmp.Diff(e.String(), got.GetEntry().String()); diff != "" {
 				t.Errorf("GetKey mismatch (-want +got):\n%s", diff)
 			}
-			if n := countRows(t, "audit_log", "key = $1 AND action = 'CreateKey'", e.GetKey()); n != 1 {
+			// The request is audited under the key it was made for (an EVP's
+			// request id), the confirmation under the directory's key.
+			if n := countRows(t, "audit_log", "request_id = $1 AND action = 'CreateKey'", test.req.GetRequestId()); n != 1 {
 				t.Errorf("audit rows = %d, want 1", n)
+			}
+			if n := countRows(t, "audit_log", "key = $1 AND action = 'CreateKeyConfirmed'", e.GetKey()); n != 1 {
+				t.Errorf("confirmation audit rows = %d, want 1", n)
 			}
 			if n := countRows(t, "outbox", "aggregate_id = $1 AND event_type = 'KeyCreated'", e.GetKey()); n != 1 {
 				t.Errorf("outbox rows = %d, want 1", n)
@@ -600,8 +686,8 @@ func TestConcurrentCreatesOfOneKey(t *testing.T) {
 			if n := countRows(t, "entries", "key = $1", key); n != 1 {
 				t.Errorf("entries for key = %d, want 1", n)
 			}
-			if n := countRows(t, "outbox", "aggregate_id = $1", key); n != 1 {
-				t.Errorf("outbox rows for key = %d, want 1", n)
+			if n := countRows(t, "outbox", "aggregate_id = $1 AND event_type = 'DirectoryRequest'", key); n != 1 {
+				t.Errorf("directory requests for key = %d, want 1", n)
 			}
 		})
 	}
@@ -739,7 +825,10 @@ func TestUpdateAndDeleteKey(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	u := res.GetEntry()
+	if p := res.GetEntry(); p.GetStatus() != dictv1.EntryStatus_ENTRY_STATUS_PENDING || p.GetCid() != e.GetCid() {
+		t.Errorf("update answered %s with cid %s, want PENDING with the current data", p.GetStatus(), p.GetCid())
+	}
+	u := awaitEntry(t, c, e.GetKey(), dictv1.EntryStatus_ENTRY_STATUS_ACTIVE)
 	if u.GetAccount().GetNumber() != newAcc.GetNumber() || u.GetOwner().GetName() != "Empresa Renomeada SA" || u.GetOwner().GetTaxId() != cnpj {
 		t.Errorf("update not applied: %v", u)
 	}
@@ -749,9 +838,9 @@ func TestUpdateAndDeleteKey(t *testing.T) {
 	if !u.GetCreatedAt().AsTime().Equal(e.GetCreatedAt().AsTime()) || u.GetRequestId() != e.GetRequestId() {
 		t.Error("update changed the creation data")
 	}
-	// Retrying the update answers the same.
+	// Retrying the update answers the same (its first answer).
 	again, err := c.UpdateKey(context.Background(), upd)
-	if err != nil || again.GetEntry().GetCid() != u.GetCid() {
+	if err != nil || !proto.Equal(again.GetEntry(), res.GetEntry()) {
 		t.Errorf("update retry: %v %v", again, err)
 	}
 	// The tax id is not the update's to change; nor are bad reasons allowed.
@@ -762,12 +851,9 @@ func TestUpdateAndDeleteKey(t *testing.T) {
 		Owner: &dictv1.Owner{Name: "X"}, Reason: dictv1.Reason_REASON_FRAUD})
 	wantErr(t, err, connect.CodeInvalidArgument, dict.ReasonEntryInvalid)
 
-	del, err := c.DeleteKey(context.Background(), &dictv1.DeleteKeyRequest{RequestId: uuid.NewString(), Key: e.GetKey(), Reason: dictv1.Reason_REASON_ACCOUNT_CLOSURE})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if del.GetEntry().GetStatus() != dictv1.EntryStatus_ENTRY_STATUS_DELETED {
-		t.Errorf("deleted status = %v", del.GetEntry().GetStatus())
+	del := mustDelete(t, c, e.GetKey(), dictv1.Reason_REASON_ACCOUNT_CLOSURE)
+	if del.GetStatus() != dictv1.EntryStatus_ENTRY_STATUS_PENDING || del.GetPendingOperation() != dict.PendingDelete {
+		t.Errorf("delete answered %v/%q, want PENDING/DELETE", del.GetStatus(), del.GetPendingOperation())
 	}
 	_, err = c.GetKey(context.Background(), &dictv1.GetKeyRequest{Key: e.GetKey()})
 	wantErr(t, err, connect.CodeNotFound, dict.ReasonEntryNotFound)
@@ -781,11 +867,11 @@ func TestUpdateAndDeleteKey(t *testing.T) {
 		_ = rows.Scan(&a)
 		actions = append(actions, a)
 	}
-	if diff := cmp.Diff([]string{"CreateKey", "UpdateKey", "DeleteKey"}, actions); diff != "" {
+	if diff := cmp.Diff([]string{"CreateKey", "CreateKeyConfirmed", "UpdateKey", "UpdateKeyConfirmed", "DeleteKey", "DeleteKeyConfirmed"}, actions); diff != "" {
 		t.Errorf("audit actions mismatch (-want +got):\n%s", diff)
 	}
 	var events []string
-	rows, err = env.db.Pool.Query(context.Background(), "SELECT event_type FROM outbox WHERE aggregate_id = $1 ORDER BY created_at, id", e.GetKey())
+	rows, err = env.db.Pool.Query(context.Background(), "SELECT event_type FROM outbox WHERE aggregate_id = $1 ORDER BY seq", e.GetKey())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -794,7 +880,8 @@ func TestUpdateAndDeleteKey(t *testing.T) {
 		_ = rows.Scan(&a)
 		events = append(events, a)
 	}
-	if diff := cmp.Diff([]string{"KeyCreated", "KeyUpdated", "KeyDeleted"}, events); diff != "" {
+	// Each write's request to the directory, then its event once confirmed.
+	if diff := cmp.Diff([]string{"DirectoryRequest", "KeyCreated", "DirectoryRequest", "KeyUpdated", "DirectoryRequest", "KeyDeleted"}, events); diff != "" {
 		t.Errorf("outbox events mismatch (-want +got):\n%s", diff)
 	}
 }
@@ -888,9 +975,9 @@ func TestLookupAndCheckOwnKeys(t *testing.T) {
 	if diff := cmp.Diff(wantView.String(), res.GetPayerView().String()); diff != "" {
 		t.Errorf("payer view mismatch (-want +got):\n%s", diff)
 	}
-	// Keys held elsewhere need the directory: refused honestly.
+	// Keys held elsewhere are the directory's to answer (here: it has none).
 	_, err = c.LookupKey(context.Background(), &dictv1.LookupKeyRequest{Key: newEmail(), PayerId: newCPF(), EndToEndId: e2e})
-	wantErr(t, err, connect.CodeUnimplemented, "")
+	wantErr(t, err, connect.CodeNotFound, dict.ReasonEntryNotFound)
 	// The end-to-end id must be the caller's.
 	_, err = c.LookupKey(context.Background(), &dictv1.LookupKeyRequest{Key: e.GetKey(), PayerId: newCPF(), EndToEndId: "E" + partB + "202611271530abcdEFGH123"})
 	wantErr(t, err, connect.CodeInvalidArgument, dict.ReasonEntryInvalid)
@@ -905,7 +992,7 @@ func TestLookupAndCheckOwnKeys(t *testing.T) {
 	_, err = c.CheckKeys(context.Background(), &dictv1.CheckKeysRequest{Keys: make([]string, 201)})
 	wantErr(t, err, connect.CodeInvalidArgument, dict.ReasonEntryInvalid)
 	_, err = c.CreateClaim(context.Background(), &dictv1.CreateClaimRequest{})
-	wantErr(t, err, connect.CodeUnimplemented, "")
+	wantErr(t, err, connect.CodeInvalidArgument, dict.ReasonEntryInvalid)
 }
 
 func TestSyncStatusTracksWrites(t *testing.T) {
@@ -936,9 +1023,7 @@ func TestSyncStatusTracksWrites(t *testing.T) {
 	if want := dict.VSync([]string{before, e1.GetCid(), e2.GetCid()}); got != want || n != n0+2 {
 		t.Errorf("vsync after creates = %s (%d entries), want %s (%d)", got, n, want, n0+2)
 	}
-	if _, err := c.DeleteKey(context.Background(), &dictv1.DeleteKeyRequest{RequestId: uuid.NewString(), Key: e1.GetKey(), Reason: dictv1.Reason_REASON_USER_REQUESTED}); err != nil {
-		t.Fatal(err)
-	}
+	mustDelete(t, c, e1.GetKey(), dictv1.Reason_REASON_USER_REQUESTED)
 	got, _ = vsync()
 	if want := dict.VSync([]string{before, e2.GetCid()}); got != want {
 		t.Errorf("vsync after delete = %s, want %s", got, want)
@@ -1082,16 +1167,11 @@ func TestOutboxEnvelopes(t *testing.T) {
 	t.Parallel()
 	c := client(t, partA)
 	e := mustCreate(t, c, createReq(dictv1.KeyType_KEY_TYPE_EMAIL, newEmail(), account(partA), naturalOwner(newCPF())))
-	u, err := c.UpdateKey(context.Background(), &dictv1.UpdateKeyRequest{RequestId: uuid.NewString(), Key: e.GetKey(),
+	u := mustUpdate(t, c, &dictv1.UpdateKeyRequest{RequestId: uuid.NewString(), Key: e.GetKey(),
 		Account: account(partA), Owner: &dictv1.Owner{Name: "Maria Souza"}, Reason: dictv1.Reason_REASON_USER_REQUESTED})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := c.DeleteKey(context.Background(), &dictv1.DeleteKeyRequest{RequestId: uuid.NewString(), Key: e.GetKey(), Reason: dictv1.Reason_REASON_FRAUD}); err != nil {
-		t.Fatal(err)
-	}
+	mustDelete(t, c, e.GetKey(), dictv1.Reason_REASON_FRAUD)
 	rows, err := env.db.Pool.Query(context.Background(),
-		"SELECT id::text, event_type, partition_key, content_type, payload FROM outbox WHERE aggregate_id = $1 ORDER BY created_at, id", e.GetKey())
+		"SELECT id::text, event_type, partition_key, content_type, payload FROM outbox WHERE aggregate_id = $1 AND event_type LIKE 'Key%' ORDER BY seq", e.GetKey())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -1132,8 +1212,8 @@ func TestOutboxEnvelopes(t *testing.T) {
 	}
 	want := []got{
 		{"KeyCreated", "ADDED " + e.GetCid()},
-		{"KeyUpdated", "REMOVED " + e.GetCid() + ",ADDED " + u.GetEntry().GetCid()},
-		{"KeyDeleted", "REMOVED " + u.GetEntry().GetCid()},
+		{"KeyUpdated", "REMOVED " + e.GetCid() + ",ADDED " + u.GetCid()},
+		{"KeyDeleted", "REMOVED " + u.GetCid()},
 	}
 	if diff := cmp.Diff(want, events); diff != "" {
 		t.Errorf("outbox events mismatch (-want +got):\n%s", diff)

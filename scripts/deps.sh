@@ -25,6 +25,14 @@
 # Settings (environment):
 #   DEPS_JAEGER=1                    include jaeger in the default set
 #   DEPS_REDIS_PORT=6390             act on a separate Redis on that port (own pid/log files) instead of 6379
+#   DEPS_PULSAR_PORT=6652            act on a separate (private) Pulsar standalone with that binary port instead
+#                                    of 6650: its own config, data, tmp, pid and log files under .deps/pulsar-PORT/
+#                                    (the jars are shared), the same tenants and namespaces (deduplication on).
+#                                    Its other ports are the shared ones shifted by PORT-6650: admin/web 8080+d
+#                                    (DEPS_PULSAR_HTTP_PORT overrides), bookie 3181+d (DEPS_PULSAR_BOOKIE_PORT
+#                                    overrides), ZooKeeper 2181+d (only with PULSAR_STANDALONE_USE_ZOOKEEPER=1),
+#                                    stream storage 4181+d (never started: -nss). A private up/down takes a lock of
+#                                    its own, so it does not wait for (or hold up) the shared services.
 #   DEPS_PULSAR_TIMEOUT=180          seconds to wait for Pulsar to answer
 #   DEPS_JAEGER_TIMEOUT=60           seconds to wait for Jaeger to answer
 #   PULSAR_STANDALONE_USE_ZOOKEEPER=1  run Pulsar's metadata on an in-process ZooKeeper instead of RocksDB
@@ -49,6 +57,17 @@ REDIS_PORT=${DEPS_REDIS_PORT:-6379}
 PULSAR_HOST=127.0.0.1
 PULSAR_PORT=6650
 PULSAR_HTTP_PORT=8080
+# The shared broker's jars, data and files live in .deps/pulsar; a private one (DEPS_PULSAR_PORT) has its own
+# directory and shares only the jars.
+PULSAR_LIB="$DEPS/pulsar/lib"
+PULSAR_DIR="$DEPS/pulsar"
+PULSAR_CONF="$ROOT/deploy/pulsar/standalone.conf"
+PULSAR_PATTERN=PulsarStandaloneStarter
+PULSAR_PRIVATE=0
+if [ -n "${DEPS_PULSAR_PORT:-}" ] && [ "$DEPS_PULSAR_PORT" != 6650 ]; then
+	PULSAR_PRIVATE=1
+	PULSAR_PORT=$DEPS_PULSAR_PORT
+fi
 PULSAR_ADMIN="http://$PULSAR_HOST:$PULSAR_HTTP_PORT/admin/v2"
 PULSAR_CLUSTER=standalone
 # tenant/namespace pairs created after Pulsar answers; deduplication is switched on for each namespace.
@@ -194,7 +213,7 @@ pg_conf() {
 # corrupt this cluster's data. Never use these settings in production.
 listen_addresses = '$PG_HOST'
 port = $PG_PORT
-max_connections = 300
+max_connections = 1000
 fsync = off
 synchronous_commit = off
 full_page_writes = off
@@ -347,7 +366,30 @@ redis_status() {
 # ---------------------------------------------------------------------------------------------------------
 # Pulsar: standalone broker from Maven Central jars (deploy/pulsar/pom.xml), run with java.
 
-PULSAR_DIR="$DEPS/pulsar"
+# pulsar_private_ports: for DEPS_PULSAR_PORT, derives and checks the private broker's other ports and paths.
+pulsar_private_ports() {
+	[ "$PULSAR_PRIVATE" = 1 ] || return 0
+	[[ $PULSAR_PORT =~ ^[0-9]+$ ]] || die "DEPS_PULSAR_PORT=$PULSAR_PORT is not a port number"
+	local d=$((PULSAR_PORT - 6650)) p seen=" 6650 8080 3181 2181 4181 "
+	PULSAR_HTTP_PORT=${DEPS_PULSAR_HTTP_PORT:-$((8080 + d))}
+	PULSAR_BOOKIE_PORT=${DEPS_PULSAR_BOOKIE_PORT:-$((3181 + d))}
+	PULSAR_ZK_PORT=$((2181 + d))
+	PULSAR_STREAM_PORT=$((4181 + d))
+	for p in "$PULSAR_PORT" "$PULSAR_HTTP_PORT" "$PULSAR_BOOKIE_PORT" "$PULSAR_ZK_PORT" "$PULSAR_STREAM_PORT"; do
+		[[ $p =~ ^[0-9]+$ ]] && [ "$p" -ge 1024 ] && [ "$p" -le 65535 ] ||
+			die "pulsar: DEPS_PULSAR_PORT=$PULSAR_PORT gives port '$p', outside 1024-65535 (set DEPS_PULSAR_HTTP_PORT / DEPS_PULSAR_BOOKIE_PORT)"
+		[[ $seen != *" $p "* ]] ||
+			die "pulsar: DEPS_PULSAR_PORT=$PULSAR_PORT gives port $p, which the shared broker or another of its own ports uses (binary $PULSAR_PORT, admin $PULSAR_HTTP_PORT, bookie $PULSAR_BOOKIE_PORT, zookeeper $PULSAR_ZK_PORT, stream storage $PULSAR_STREAM_PORT)"
+		seen+="$p "
+	done
+	PULSAR_ADMIN="http://$PULSAR_HOST:$PULSAR_HTTP_PORT/admin/v2"
+	PULSAR_DIR="$DEPS/pulsar-$PULSAR_PORT"
+	PULSAR_CONF="$PULSAR_DIR/standalone.conf"
+	# Its own config path is on its command line: it tells this broker's process from the others.
+	PULSAR_PATTERN="$PULSAR_CONF"
+}
+pulsar_private_ports
+
 pulsar_pidfile() { echo "$PULSAR_DIR/pulsar.pid"; }
 pulsar_logfile() { echo "$PULSAR_DIR/pulsar.log"; }
 pulsar_outfile() { echo "$PULSAR_DIR/pulsar.out"; }
@@ -356,7 +398,7 @@ pulsar_ready() { [ "$(curl -s -m 10 "$PULSAR_ADMIN/brokers/health" 2>/dev/null)"
 pulsar_install() {
 	need_cmd java openjdk-17-jre-headless
 	need_cmd curl curl
-	local lib="$PULSAR_DIR/lib" stamp want t0
+	local lib="$PULSAR_LIB" stamp want t0
 	want=$(cat "$ROOT/deploy/pulsar/pom.xml" "$ROOT/deploy/pulsar/settings.xml" | sha256sum | cut -d' ' -f1)
 	stamp="$lib/.pom.sha256"
 	if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
@@ -364,8 +406,14 @@ pulsar_install() {
 	fi
 	need_cmd mvn maven
 	t0=$(date +%s)
+	if [ "$PULSAR_PRIVATE" = 1 ]; then
+		# A private up holds only its own lock; the shared jars are installed under the shared one.
+		log "pulsar: the jars in $lib are missing or stale; installing them under the shared lock"
+		DEPS_PULSAR_PORT='' "${BASH_SOURCE[0]}" install-pulsar-jars
+		return 0
+	fi
 	log "pulsar: resolving jars from Maven Central into $lib (first time: a few minutes)"
-	mkdir -p "$PULSAR_DIR"
+	mkdir -p "$(dirname "$lib")"
 	rm -rf "$lib.tmp"
 	# -DoutputDirectory is absolute: a relative one is resolved against deploy/pulsar, not the repo root.
 	local try
@@ -392,7 +440,7 @@ pulsar_start() {
 		log "pulsar: already up on $PULSAR_HOST:$PULSAR_PORT"
 		return 0
 	fi
-	if pid_alive "$pid" PulsarStandaloneStarter; then
+	if pid_alive "$pid" "$PULSAR_PATTERN"; then
 		log "pulsar: pid $pid is still starting"
 		return 0
 	fi
@@ -402,6 +450,22 @@ pulsar_start() {
 	fi
 	if tcp_open "$PULSAR_HOST" "$PULSAR_HTTP_PORT"; then
 		die "pulsar: $PULSAR_HOST:$PULSAR_HTTP_PORT (admin) is taken by another process"
+	fi
+	local private_args=()
+	if [ "$PULSAR_PRIVATE" = 1 ]; then
+		local p
+		for p in "$PULSAR_BOOKIE_PORT" "$PULSAR_ZK_PORT"; do
+			if tcp_open "$PULSAR_HOST" "$p"; then die "pulsar: $PULSAR_HOST:$p (bookie/zookeeper of the broker on $PULSAR_PORT) is taken by another process"; fi
+		done
+		# The shared config with this broker's two ports; the bookie, ZooKeeper and stream storage ports are
+		# command-line flags of the standalone starter.
+		{
+			echo "# Generated by scripts/deps.sh from deploy/pulsar/standalone.conf for DEPS_PULSAR_PORT=$PULSAR_PORT; do not edit."
+			sed -e "s/^brokerServicePort=.*/brokerServicePort=$PULSAR_PORT/" -e "s/^webServicePort=.*/webServicePort=$PULSAR_HTTP_PORT/" \
+				"$ROOT/deploy/pulsar/standalone.conf"
+		} >"$PULSAR_CONF.tmp"
+		mv "$PULSAR_CONF.tmp" "$PULSAR_CONF"
+		private_args=(--bookkeeper-port "$PULSAR_BOOKIE_PORT" --zookeeper-port "$PULSAR_ZK_PORT" --stream-storage-port "$PULSAR_STREAM_PORT")
 	fi
 	read -r -a jvm_mem <<<"${PULSAR_JVM_MEM:--Xms512m -Xmx1024m -XX:MaxDirectMemorySize=512m}"
 	# JVM options follow apache/pulsar's bin/pulsar: the --add-opens flags that Java 17 needs for BookKeeper
@@ -435,11 +499,12 @@ pulsar_start() {
 	(
 		cd "$PULSAR_DIR"
 		exec 9>&-
-		exec setsid nohup java "${opts[@]}" -cp "$PULSAR_DIR/lib/*" org.apache.pulsar.PulsarStandaloneStarter \
-			--config "$ROOT/deploy/pulsar/standalone.conf" -nfw -nss \
+		exec setsid nohup java "${opts[@]}" -cp "$PULSAR_LIB/*" org.apache.pulsar.PulsarStandaloneStarter \
+			--config "$PULSAR_CONF" -nfw -nss \
 			--metadata-dir "$PULSAR_DIR/data/metadata" \
 			--bookkeeper-dir "$PULSAR_DIR/data/bookkeeper" \
 			--zookeeper-dir "$PULSAR_DIR/data/zookeeper" \
+			"${private_args[@]}" \
 			</dev/null >>"$(pulsar_outfile)" 2>&1
 	) &
 	echo $! >"$(pulsar_pidfile)"
@@ -456,12 +521,12 @@ pulsar_wait() {
 	t0=$(date +%s)
 	pid=$(read_pid "$(pulsar_pidfile)")
 	until pulsar_ready; do
-		if [ -n "$pid" ] && ! pid_alive "$pid" PulsarStandaloneStarter; then
+		if [ -n "$pid" ] && ! pid_alive "$pid" "$PULSAR_PATTERN"; then
 			rm -f "$(pulsar_pidfile)"
 			pulsar_fail "the broker process (pid $pid) exited during start-up"
 		fi
 		if [ "$(since "$t0")" -ge "$timeout" ]; then
-			if [ -n "$pid" ]; then stop_pid pulsar "$(pulsar_pidfile)" PulsarStandaloneStarter 30; fi
+			if [ -n "$pid" ]; then stop_pid pulsar "$(pulsar_pidfile)" "$PULSAR_PATTERN" 30; fi
 			pulsar_fail "not answering on $PULSAR_ADMIN/brokers/health after ${timeout}s (stopped it)"
 		fi
 		sleep 2
@@ -495,12 +560,12 @@ pulsar_namespaces() {
 	log "pulsar: namespaces ${PULSAR_NAMESPACES[*]} ready (deduplication on)"
 }
 
-pulsar_stop() { stop_pid pulsar "$(pulsar_pidfile)" PulsarStandaloneStarter 45; }
+pulsar_stop() { stop_pid pulsar "$(pulsar_pidfile)" "$PULSAR_PATTERN" 45; }
 
 pulsar_status() {
 	if pulsar_ready; then
 		echo "pulsar   up   $PULSAR_HOST:$PULSAR_PORT  pulsar://$PULSAR_HOST:$PULSAR_PORT admin http://$PULSAR_HOST:$PULSAR_HTTP_PORT"
-	elif pid_alive "$(read_pid "$(pulsar_pidfile)")" PulsarStandaloneStarter; then
+	elif pid_alive "$(read_pid "$(pulsar_pidfile)")" "$PULSAR_PATTERN"; then
 		echo "pulsar   down $PULSAR_HOST:$PULSAR_PORT  (starting, pid $(read_pid "$(pulsar_pidfile)"))"
 		return 1
 	else
@@ -620,13 +685,19 @@ services_for() { # services_for COMMAND [NAMES...]: sets SVCS to the validated s
 wanted() { [[ " ${SVCS[*]} " == *" $1 "* ]]; }
 
 # One up/down at a time. The services must not inherit the lock's descriptor (each start closes fd 9),
-# or a running service would hold the lock forever.
+# or a running service would hold the lock forever. An up/down of only a private Pulsar (DEPS_PULSAR_PORT)
+# takes that broker's own lock: starting one takes a while, and the shared services need not wait for it.
 lock() {
+	local f="$DEPS/.lock"
+	if [ "$PULSAR_PRIVATE" = 1 ] && [ "${SVCS[*]}" = pulsar ]; then
+		mkdir -p "$PULSAR_DIR"
+		f="$PULSAR_DIR/.lock"
+	fi
 	mkdir -p "$DEPS"
-	exec 9>"$DEPS/.lock"
+	exec 9>"$f"
 	if ! flock -n 9; then
-		log "waiting for another scripts/deps.sh up/down to finish (lock $DEPS/.lock)"
-		flock -w 900 9 || die "another scripts/deps.sh held $DEPS/.lock for 15 minutes"
+		log "waiting for another scripts/deps.sh up/down to finish (lock $f)"
+		flock -w 900 9 || die "another scripts/deps.sh held $f for 15 minutes"
 	fi
 }
 
@@ -683,6 +754,12 @@ main() {
 	down) cmd_down "$@" ;;
 	status) cmd_status "$@" ;;
 	db) cmd_db "$@" ;;
+	# internal: a private Pulsar's up installs the shared jars through this, under the shared lock.
+	install-pulsar-jars)
+		SVCS=(pulsar)
+		lock
+		pulsar_install
+		;;
 	-h | --help | help) usage ;;
 	*) usage ;;
 	esac

@@ -7,9 +7,424 @@ package sqlc
 
 import (
 	"context"
+	"time"
 
 	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5/pgtype"
 )
+
+const claimCorrelationExists = `-- name: ClaimCorrelationExists :one
+SELECT EXISTS (SELECT 1 FROM claims WHERE pending_correlation = $1)
+`
+
+func (q *Queries) ClaimCorrelationExists(ctx context.Context, pendingCorrelation uuid.NullUUID) (bool, error) {
+	row := q.db.QueryRow(ctx, claimCorrelationExists, pendingCorrelation)
+	var exists bool
+	err := row.Scan(&exists)
+	return exists, err
+}
+
+const claimHoldingKey = `-- name: ClaimHoldingKey :one
+SELECT id, claim_type, status, key_type, key, claimer_participant, donor_participant, resolution_period_end, completion_period_end, created_at, updated_at, is_claimer, is_donor, claimer_account, claimer_owner, create_request_id, cancel_reason, confirm_reason, pending_action, pending_participant, pending_correlation, pending_reason, pending_request_id, failure_reason, failure_message, donor_entry FROM claims
+WHERE key = $1 AND status IN ('PENDING', 'OPEN', 'WAITING_RESOLUTION', 'CONFIRMED')
+`
+
+// The claim, pending or open, that holds key's place (one at most).
+func (q *Queries) ClaimHoldingKey(ctx context.Context, key string) (Claim, error) {
+	row := q.db.QueryRow(ctx, claimHoldingKey, key)
+	var i Claim
+	err := row.Scan(
+		&i.ID,
+		&i.ClaimType,
+		&i.Status,
+		&i.KeyType,
+		&i.Key,
+		&i.ClaimerParticipant,
+		&i.DonorParticipant,
+		&i.ResolutionPeriodEnd,
+		&i.CompletionPeriodEnd,
+		&i.CreatedAt,
+		&i.UpdatedAt,
+		&i.IsClaimer,
+		&i.IsDonor,
+		&i.ClaimerAccount,
+		&i.ClaimerOwner,
+		&i.CreateRequestID,
+		&i.CancelReason,
+		&i.ConfirmReason,
+		&i.PendingAction,
+		&i.PendingParticipant,
+		&i.PendingCorrelation,
+		&i.PendingReason,
+		&i.PendingRequestID,
+		&i.FailureReason,
+		&i.FailureMessage,
+		&i.DonorEntry,
+	)
+	return i, err
+}
+
+const dueClaims = `-- name: DueClaims :many
+SELECT id, claim_type, status, key_type, key, claimer_participant, donor_participant, resolution_period_end, completion_period_end, created_at, updated_at, is_claimer, is_donor, claimer_account, claimer_owner, create_request_id, cancel_reason, confirm_reason, pending_action, pending_participant, pending_correlation, pending_reason, pending_request_id, failure_reason, failure_message, donor_entry FROM claims
+WHERE pending_action IS NULL AND (
+      (is_donor AND status IN ('OPEN', 'WAITING_RESOLUTION') AND resolution_period_end <= $1::timestamptz)
+   OR (is_claimer AND claim_type = 'OWNERSHIP' AND status IN ('OPEN', 'WAITING_RESOLUTION', 'CONFIRMED')
+       AND created_at <= $2::timestamptz))
+ORDER BY resolution_period_end
+LIMIT $3
+FOR UPDATE SKIP LOCKED
+`
+
+type DueClaimsParams struct {
+	Now             time.Time
+	ValidationStart time.Time
+	Batch           int32
+}
+
+// Claims whose deadline passed with no action pending, locked for this
+// scheduler run; another instance skips them.
+func (q *Queries) DueClaims(ctx context.Context, arg DueClaimsParams) ([]Claim, error) {
+	rows, err := q.db.Query(ctx, dueClaims, arg.Now, arg.ValidationStart, arg.Batch)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []Claim{}
+	for rows.Next() {
+		var i Claim
+		if err := rows.Scan(
+			&i.ID,
+			&i.ClaimType,
+			&i.Status,
+			&i.KeyType,
+			&i.Key,
+			&i.ClaimerParticipant,
+			&i.DonorParticipant,
+			&i.ResolutionPeriodEnd,
+			&i.CompletionPeriodEnd,
+			&i.CreatedAt,
+			&i.UpdatedAt,
+			&i.IsClaimer,
+			&i.IsDonor,
+			&i.ClaimerAccount,
+			&i.ClaimerOwner,
+			&i.CreateRequestID,
+			&i.CancelReason,
+			&i.ConfirmReason,
+			&i.PendingAction,
+			&i.PendingParticipant,
+			&i.PendingCorrelation,
+			&i.PendingReason,
+			&i.PendingRequestID,
+			&i.FailureReason,
+			&i.FailureMessage,
+			&i.DonorEntry,
+		); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
+const getClaim = `-- name: GetClaim :one
+SELECT id, claim_type, status, key_type, key, claimer_participant, donor_participant, resolution_period_end, completion_period_end, created_at, updated_at, is_claimer, is_donor, claimer_account, claimer_owner, create_request_id, cancel_reason, confirm_reason, pending_action, pending_participant, pending_correlation, pending_reason, pending_request_id, failure_reason, failure_message, donor_entry FROM claims WHERE id = $1
+`
+
+func (q *Queries) GetClaim(ctx context.Context, id uuid.UUID) (Claim, error) {
+	row := q.db.QueryRow(ctx, getClaim, id)
+	var i Claim
+	err := row.Scan(
+		&i.ID,
+		&i.ClaimType,
+		&i.Status,
+		&i.KeyType,
+		&i.Key,
+		&i.ClaimerParticipant,
+		&i.DonorParticipant,
+		&i.ResolutionPeriodEnd,
+		&i.CompletionPeriodEnd,
+		&i.CreatedAt,
+		&i.UpdatedAt,
+		&i.IsClaimer,
+		&i.IsDonor,
+		&i.ClaimerAccount,
+		&i.ClaimerOwner,
+		&i.CreateRequestID,
+		&i.CancelReason,
+		&i.ConfirmReason,
+		&i.PendingAction,
+		&i.PendingParticipant,
+		&i.PendingCorrelation,
+		&i.PendingReason,
+		&i.PendingRequestID,
+		&i.FailureReason,
+		&i.FailureMessage,
+		&i.DonorEntry,
+	)
+	return i, err
+}
+
+const getClaimByCorrelation = `-- name: GetClaimByCorrelation :one
+SELECT id, claim_type, status, key_type, key, claimer_participant, donor_participant, resolution_period_end, completion_period_end, created_at, updated_at, is_claimer, is_donor, claimer_account, claimer_owner, create_request_id, cancel_reason, confirm_reason, pending_action, pending_participant, pending_correlation, pending_reason, pending_request_id, failure_reason, failure_message, donor_entry FROM claims WHERE pending_correlation = $1 FOR UPDATE
+`
+
+func (q *Queries) GetClaimByCorrelation(ctx context.Context, pendingCorrelation uuid.NullUUID) (Claim, error) {
+	row := q.db.QueryRow(ctx, getClaimByCorrelation, pendingCorrelation)
+	var i Claim
+	err := row.Scan(
+		&i.ID,
+		&i.ClaimType,
+		&i.Status,
+		&i.KeyType,
+		&i.Key,
+		&i.ClaimerParticipant,
+		&i.DonorParticipant,
+		&i.ResolutionPeriodEnd,
+		&i.CompletionPeriodEnd,
+		&i.CreatedAt,
+		&i.UpdatedAt,
+		&i.IsClaimer,
+		&i.IsDonor,
+		&i.ClaimerAccount,
+		&i.ClaimerOwner,
+		&i.CreateRequestID,
+		&i.CancelReason,
+		&i.ConfirmReason,
+		&i.PendingAction,
+		&i.PendingParticipant,
+		&i.PendingCorrelation,
+		&i.PendingReason,
+		&i.PendingRequestID,
+		&i.FailureReason,
+		&i.FailureMessage,
+		&i.DonorEntry,
+	)
+	return i, err
+}
+
+const getClaimByCreateRequest = `-- name: GetClaimByCreateRequest :one
+SELECT id, claim_type, status, key_type, key, claimer_participant, donor_participant, resolution_period_end, completion_period_end, created_at, updated_at, is_claimer, is_donor, claimer_account, claimer_owner, create_request_id, cancel_reason, confirm_reason, pending_action, pending_participant, pending_correlation, pending_reason, pending_request_id, failure_reason, failure_message, donor_entry FROM claims WHERE create_request_id = $1
+`
+
+func (q *Queries) GetClaimByCreateRequest(ctx context.Context, createRequestID uuid.NullUUID) (Claim, error) {
+	row := q.db.QueryRow(ctx, getClaimByCreateRequest, createRequestID)
+	var i Claim
+	err := row.Scan(
+		&i.ID,
+		&i.ClaimType,
+		&i.Status,
+		&i.KeyType,
+		&i.Key,
+		&i.ClaimerParticipant,
+		&i.DonorParticipant,
+		&i.ResolutionPeriodEnd,
+		&i.CompletionPeriodEnd,
+		&i.CreatedAt,
+		&i.UpdatedAt,
+		&i.IsClaimer,
+		&i.IsDonor,
+		&i.ClaimerAccount,
+		&i.ClaimerOwner,
+		&i.CreateRequestID,
+		&i.CancelReason,
+		&i.ConfirmReason,
+		&i.PendingAction,
+		&i.PendingParticipant,
+		&i.PendingCorrelation,
+		&i.PendingReason,
+		&i.PendingRequestID,
+		&i.FailureReason,
+		&i.FailureMessage,
+		&i.DonorEntry,
+	)
+	return i, err
+}
+
+const getClaimForUpdate = `-- name: GetClaimForUpdate :one
+SELECT id, claim_type, status, key_type, key, claimer_participant, donor_participant, resolution_period_end, completion_period_end, created_at, updated_at, is_claimer, is_donor, claimer_account, claimer_owner, create_request_id, cancel_reason, confirm_reason, pending_action, pending_participant, pending_correlation, pending_reason, pending_request_id, failure_reason, failure_message, donor_entry FROM claims WHERE id = $1 FOR UPDATE
+`
+
+func (q *Queries) GetClaimForUpdate(ctx context.Context, id uuid.UUID) (Claim, error) {
+	row := q.db.QueryRow(ctx, getClaimForUpdate, id)
+	var i Claim
+	err := row.Scan(
+		&i.ID,
+		&i.ClaimType,
+		&i.Status,
+		&i.KeyType,
+		&i.Key,
+		&i.ClaimerParticipant,
+		&i.DonorParticipant,
+		&i.ResolutionPeriodEnd,
+		&i.CompletionPeriodEnd,
+		&i.CreatedAt,
+		&i.UpdatedAt,
+		&i.IsClaimer,
+		&i.IsDonor,
+		&i.ClaimerAccount,
+		&i.ClaimerOwner,
+		&i.CreateRequestID,
+		&i.CancelReason,
+		&i.ConfirmReason,
+		&i.PendingAction,
+		&i.PendingParticipant,
+		&i.PendingCorrelation,
+		&i.PendingReason,
+		&i.PendingRequestID,
+		&i.FailureReason,
+		&i.FailureMessage,
+		&i.DonorEntry,
+	)
+	return i, err
+}
+
+const insertClaim = `-- name: InsertClaim :exec
+INSERT INTO claims (
+    id, claim_type, status, key_type, key, claimer_participant, donor_participant,
+    resolution_period_end, completion_period_end, created_at, updated_at,
+    is_claimer, is_donor, claimer_account, claimer_owner, create_request_id, cancel_reason,
+    pending_action, pending_participant, pending_correlation, pending_request_id
+) VALUES (
+    $1, $2, $3, $4, $5, $6, $7,
+    $8, $9, $10, $11,
+    $12, $13, $14, $15, $18, $16,
+    $19, $17, $20, $21
+)
+`
+
+type InsertClaimParams struct {
+	ID                  uuid.UUID
+	ClaimType           string
+	Status              string
+	KeyType             string
+	Key                 string
+	ClaimerParticipant  string
+	DonorParticipant    string
+	ResolutionPeriodEnd time.Time
+	CompletionPeriodEnd time.Time
+	CreatedAt           time.Time
+	UpdatedAt           time.Time
+	IsClaimer           bool
+	IsDonor             bool
+	ClaimerAccount      []byte
+	ClaimerOwner        []byte
+	CancelReason        string
+	PendingParticipant  string
+	CreateRequestID     uuid.NullUUID
+	PendingAction       pgtype.Text
+	PendingCorrelation  uuid.NullUUID
+	PendingRequestID    uuid.NullUUID
+}
+
+func (q *Queries) InsertClaim(ctx context.Context, arg InsertClaimParams) error {
+	_, err := q.db.Exec(ctx, insertClaim,
+		arg.ID,
+		arg.ClaimType,
+		arg.Status,
+		arg.KeyType,
+		arg.Key,
+		arg.ClaimerParticipant,
+		arg.DonorParticipant,
+		arg.ResolutionPeriodEnd,
+		arg.CompletionPeriodEnd,
+		arg.CreatedAt,
+		arg.UpdatedAt,
+		arg.IsClaimer,
+		arg.IsDonor,
+		arg.ClaimerAccount,
+		arg.ClaimerOwner,
+		arg.CancelReason,
+		arg.PendingParticipant,
+		arg.CreateRequestID,
+		arg.PendingAction,
+		arg.PendingCorrelation,
+		arg.PendingRequestID,
+	)
+	return err
+}
+
+const listClaims = `-- name: ListClaims :many
+SELECT id, claim_type, status, key_type, key, claimer_participant, donor_participant, resolution_period_end, completion_period_end, created_at, updated_at, is_claimer, is_donor, claimer_account, claimer_owner, create_request_id, cancel_reason, confirm_reason, pending_action, pending_participant, pending_correlation, pending_reason, pending_request_id, failure_reason, failure_message, donor_entry FROM claims
+WHERE (($1::boolean AND is_claimer AND claimer_participant = $2)
+    OR ($3::boolean AND is_donor AND donor_participant = $2))
+  AND (cardinality($4::text[]) = 0 OR status = ANY($4::text[]))
+  AND (NOT $5::boolean OR (created_at, id) < ($6::timestamptz, $7::uuid))
+ORDER BY created_at DESC, id DESC
+LIMIT $8
+`
+
+type ListClaimsParams struct {
+	AsClaimer    bool
+	Participant  string
+	AsDonor      bool
+	Statuses     []string
+	Paged        bool
+	AfterCreated time.Time
+	AfterID      uuid.UUID
+	PageLimit    int32
+}
+
+// The claims participant takes part in on the sides asked, newest first,
+// keyset-paged by (created_at, id).
+func (q *Queries) ListClaims(ctx context.Context, arg ListClaimsParams) ([]Claim, error) {
+	rows, err := q.db.Query(ctx, listClaims,
+		arg.AsClaimer,
+		arg.Participant,
+		arg.AsDonor,
+		arg.Statuses,
+		arg.Paged,
+		arg.AfterCreated,
+		arg.AfterID,
+		arg.PageLimit,
+	)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []Claim{}
+	for rows.Next() {
+		var i Claim
+		if err := rows.Scan(
+			&i.ID,
+			&i.ClaimType,
+			&i.Status,
+			&i.KeyType,
+			&i.Key,
+			&i.ClaimerParticipant,
+			&i.DonorParticipant,
+			&i.ResolutionPeriodEnd,
+			&i.CompletionPeriodEnd,
+			&i.CreatedAt,
+			&i.UpdatedAt,
+			&i.IsClaimer,
+			&i.IsDonor,
+			&i.ClaimerAccount,
+			&i.ClaimerOwner,
+			&i.CreateRequestID,
+			&i.CancelReason,
+			&i.ConfirmReason,
+			&i.PendingAction,
+			&i.PendingParticipant,
+			&i.PendingCorrelation,
+			&i.PendingReason,
+			&i.PendingRequestID,
+			&i.FailureReason,
+			&i.FailureMessage,
+			&i.DonorEntry,
+		); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
 
 const openClaimForKey = `-- name: OpenClaimForKey :one
 SELECT id, claim_type, status FROM claims
@@ -27,4 +442,167 @@ func (q *Queries) OpenClaimForKey(ctx context.Context, key string) (OpenClaimFor
 	var i OpenClaimForKeyRow
 	err := row.Scan(&i.ID, &i.ClaimType, &i.Status)
 	return i, err
+}
+
+const openClaimFromDirectory = `-- name: OpenClaimFromDirectory :exec
+UPDATE claims SET
+    id = $1, status = $2, resolution_period_end = $3,
+    completion_period_end = $4, created_at = $5,
+    updated_at = $6, donor_participant = $7,
+    pending_action = NULL, pending_participant = '', pending_correlation = NULL,
+    pending_reason = '', pending_request_id = NULL, failure_reason = '', failure_message = ''
+WHERE id = $8
+`
+
+type OpenClaimFromDirectoryParams struct {
+	NewID               uuid.UUID
+	Status              string
+	ResolutionPeriodEnd time.Time
+	CompletionPeriodEnd time.Time
+	CreatedAt           time.Time
+	UpdatedAt           time.Time
+	DonorParticipant    string
+	ID                  uuid.UUID
+}
+
+// The directory accepted a create: the claim takes the directory's id,
+// status and periods.
+func (q *Queries) OpenClaimFromDirectory(ctx context.Context, arg OpenClaimFromDirectoryParams) error {
+	_, err := q.db.Exec(ctx, openClaimFromDirectory,
+		arg.NewID,
+		arg.Status,
+		arg.ResolutionPeriodEnd,
+		arg.CompletionPeriodEnd,
+		arg.CreatedAt,
+		arg.UpdatedAt,
+		arg.DonorParticipant,
+		arg.ID,
+	)
+	return err
+}
+
+const refuseClaim = `-- name: RefuseClaim :exec
+UPDATE claims SET
+    status = $2, failure_reason = $3, failure_message = $4, updated_at = $5,
+    pending_action = NULL, pending_participant = '', pending_correlation = NULL,
+    pending_reason = '', pending_request_id = NULL
+WHERE id = $1
+`
+
+type RefuseClaimParams struct {
+	ID             uuid.UUID
+	Status         string
+	FailureReason  string
+	FailureMessage string
+	UpdatedAt      time.Time
+}
+
+// The directory refused the pending action: the claim stays as it was
+// (a refused create becomes FAILED), with the directory's reason.
+func (q *Queries) RefuseClaim(ctx context.Context, arg RefuseClaimParams) error {
+	_, err := q.db.Exec(ctx, refuseClaim,
+		arg.ID,
+		arg.Status,
+		arg.FailureReason,
+		arg.FailureMessage,
+		arg.UpdatedAt,
+	)
+	return err
+}
+
+const setClaimDonorEntry = `-- name: SetClaimDonorEntry :exec
+UPDATE claims SET donor_entry = $2 WHERE id = $1
+`
+
+type SetClaimDonorEntryParams struct {
+	ID         uuid.UUID
+	DonorEntry []byte
+}
+
+func (q *Queries) SetClaimDonorEntry(ctx context.Context, arg SetClaimDonorEntryParams) error {
+	_, err := q.db.Exec(ctx, setClaimDonorEntry, arg.ID, arg.DonorEntry)
+	return err
+}
+
+const setClaimPending = `-- name: SetClaimPending :exec
+UPDATE claims SET
+    pending_action = $2, pending_participant = $3, pending_correlation = $4,
+    pending_reason = $5, pending_request_id = $7,
+    failure_reason = '', failure_message = '', updated_at = $6
+WHERE id = $1
+`
+
+type SetClaimPendingParams struct {
+	ID                 uuid.UUID
+	PendingAction      pgtype.Text
+	PendingParticipant string
+	PendingCorrelation uuid.NullUUID
+	PendingReason      string
+	UpdatedAt          time.Time
+	PendingRequestID   uuid.NullUUID
+}
+
+func (q *Queries) SetClaimPending(ctx context.Context, arg SetClaimPendingParams) error {
+	_, err := q.db.Exec(ctx, setClaimPending,
+		arg.ID,
+		arg.PendingAction,
+		arg.PendingParticipant,
+		arg.PendingCorrelation,
+		arg.PendingReason,
+		arg.UpdatedAt,
+		arg.PendingRequestID,
+	)
+	return err
+}
+
+const setClaimStatus = `-- name: SetClaimStatus :exec
+UPDATE claims SET
+    status = $1, cancel_reason = $2, confirm_reason = $3,
+    updated_at = $4,
+    is_claimer = is_claimer OR $5::boolean, is_donor = is_donor OR $6::boolean,
+    pending_action = NULL, pending_participant = '', pending_correlation = NULL,
+    pending_reason = '', pending_request_id = NULL, failure_reason = '', failure_message = ''
+WHERE id = $7
+`
+
+type SetClaimStatusParams struct {
+	Status        string
+	CancelReason  string
+	ConfirmReason string
+	UpdatedAt     time.Time
+	Claimer       bool
+	Donor         bool
+	ID            uuid.UUID
+}
+
+// A status the directory decided (its response or notice).
+func (q *Queries) SetClaimStatus(ctx context.Context, arg SetClaimStatusParams) error {
+	_, err := q.db.Exec(ctx, setClaimStatus,
+		arg.Status,
+		arg.CancelReason,
+		arg.ConfirmReason,
+		arg.UpdatedAt,
+		arg.Claimer,
+		arg.Donor,
+		arg.ID,
+	)
+	return err
+}
+
+const setEntryClaimLock = `-- name: SetEntryClaimLock :exec
+UPDATE entries SET status = $2, updated_at = $3
+WHERE key = $1 AND status IN ('ACTIVE', 'LOCKED_BY_CLAIM')
+`
+
+type SetEntryClaimLockParams struct {
+	Key       string
+	Status    string
+	UpdatedAt time.Time
+}
+
+// Locks (LOCKED_BY_CLAIM) or unlocks (ACTIVE) the donor's entry; an entry
+// with a write pending keeps its status.
+func (q *Queries) SetEntryClaimLock(ctx context.Context, arg SetEntryClaimLockParams) error {
+	_, err := q.db.Exec(ctx, setEntryClaimLock, arg.Key, arg.Status, arg.UpdatedAt)
+	return err
 }

@@ -10,11 +10,62 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5/pgtype"
 )
+
+const confirmEntry = `-- name: ConfirmEntry :exec
+UPDATE entries SET
+    key = $1::text,
+    branch = $2, account_number = $3, account_type = $4, account_opened_at = $5,
+    owner_name = $6, owner_trade_name = $7, updated_at = $8,
+    cid = $9, cid_w0 = $10, cid_w1 = $11, cid_w2 = $12, cid_w3 = $13,
+    status = 'ACTIVE', pending_op = NULL, pending_request_id = NULL, pending_correlation = NULL,
+    pending_reason = '', pending_change = NULL, failure_reason = '', failure_message = ''
+WHERE key = $14
+`
+
+type ConfirmEntryParams struct {
+	NewKey          string
+	Branch          string
+	AccountNumber   string
+	AccountType     string
+	AccountOpenedAt time.Time
+	OwnerName       string
+	OwnerTradeName  string
+	UpdatedAt       time.Time
+	Cid             string
+	CidW0           int64
+	CidW1           int64
+	CidW2           int64
+	CidW3           int64
+	Key             string
+}
+
+// Applies a confirmed create or update: the directory's key (an EVP create is
+// re-keyed) and CID, the data, status ACTIVE, nothing pending.
+func (q *Queries) ConfirmEntry(ctx context.Context, arg ConfirmEntryParams) error {
+	_, err := q.db.Exec(ctx, confirmEntry,
+		arg.NewKey,
+		arg.Branch,
+		arg.AccountNumber,
+		arg.AccountType,
+		arg.AccountOpenedAt,
+		arg.OwnerName,
+		arg.OwnerTradeName,
+		arg.UpdatedAt,
+		arg.Cid,
+		arg.CidW0,
+		arg.CidW1,
+		arg.CidW2,
+		arg.CidW3,
+		arg.Key,
+	)
+	return err
+}
 
 const countAccountEntries = `-- name: CountAccountEntries :one
 SELECT count(*) FROM entries
-WHERE participant = $1 AND branch = $2 AND account_number = $3 AND account_type = $4
+WHERE participant = $1 AND branch = $2 AND account_number = $3 AND account_type = $4 AND status <> 'FAILED'
 `
 
 type CountAccountEntriesParams struct {
@@ -24,6 +75,7 @@ type CountAccountEntriesParams struct {
 	AccountType   string
 }
 
+// A refused (FAILED) create holds no key; a pending one holds its place.
 func (q *Queries) CountAccountEntries(ctx context.Context, arg CountAccountEntriesParams) (int64, error) {
 	row := q.db.QueryRow(ctx, countAccountEntries,
 		arg.Participant,
@@ -45,8 +97,54 @@ func (q *Queries) DeleteEntry(ctx context.Context, key string) error {
 	return err
 }
 
+const getEVPEntryByRequest = `-- name: GetEVPEntryByRequest :one
+SELECT key, key_type, participant, branch, account_number, account_type, account_opened_at, owner_type, owner_tax_id, owner_name, owner_trade_name, status, created_at, key_owned_since, updated_at, request_id, cid, cid_w0, cid_w1, cid_w2, cid_w3, pending_op, pending_request_id, pending_correlation, pending_reason, pending_change, failure_reason, failure_message FROM entries WHERE request_id = $1 AND key_type = 'EVP' AND participant = $2
+ORDER BY created_at DESC LIMIT 1
+`
+
+type GetEVPEntryByRequestParams struct {
+	RequestID   uuid.UUID
+	Participant string
+}
+
+func (q *Queries) GetEVPEntryByRequest(ctx context.Context, arg GetEVPEntryByRequestParams) (Entry, error) {
+	row := q.db.QueryRow(ctx, getEVPEntryByRequest, arg.RequestID, arg.Participant)
+	var i Entry
+	err := row.Scan(
+		&i.Key,
+		&i.KeyType,
+		&i.Participant,
+		&i.Branch,
+		&i.AccountNumber,
+		&i.AccountType,
+		&i.AccountOpenedAt,
+		&i.OwnerType,
+		&i.OwnerTaxID,
+		&i.OwnerName,
+		&i.OwnerTradeName,
+		&i.Status,
+		&i.CreatedAt,
+		&i.KeyOwnedSince,
+		&i.UpdatedAt,
+		&i.RequestID,
+		&i.Cid,
+		&i.CidW0,
+		&i.CidW1,
+		&i.CidW2,
+		&i.CidW3,
+		&i.PendingOp,
+		&i.PendingRequestID,
+		&i.PendingCorrelation,
+		&i.PendingReason,
+		&i.PendingChange,
+		&i.FailureReason,
+		&i.FailureMessage,
+	)
+	return i, err
+}
+
 const getEntry = `-- name: GetEntry :one
-SELECT key, key_type, participant, branch, account_number, account_type, account_opened_at, owner_type, owner_tax_id, owner_name, owner_trade_name, status, created_at, key_owned_since, updated_at, request_id, cid, cid_w0, cid_w1, cid_w2, cid_w3 FROM entries WHERE key = $1
+SELECT key, key_type, participant, branch, account_number, account_type, account_opened_at, owner_type, owner_tax_id, owner_name, owner_trade_name, status, created_at, key_owned_since, updated_at, request_id, cid, cid_w0, cid_w1, cid_w2, cid_w3, pending_op, pending_request_id, pending_correlation, pending_reason, pending_change, failure_reason, failure_message FROM entries WHERE key = $1
 `
 
 func (q *Queries) GetEntry(ctx context.Context, key string) (Entry, error) {
@@ -74,12 +172,59 @@ func (q *Queries) GetEntry(ctx context.Context, key string) (Entry, error) {
 		&i.CidW1,
 		&i.CidW2,
 		&i.CidW3,
+		&i.PendingOp,
+		&i.PendingRequestID,
+		&i.PendingCorrelation,
+		&i.PendingReason,
+		&i.PendingChange,
+		&i.FailureReason,
+		&i.FailureMessage,
+	)
+	return i, err
+}
+
+const getEntryByCorrelation = `-- name: GetEntryByCorrelation :one
+SELECT key, key_type, participant, branch, account_number, account_type, account_opened_at, owner_type, owner_tax_id, owner_name, owner_trade_name, status, created_at, key_owned_since, updated_at, request_id, cid, cid_w0, cid_w1, cid_w2, cid_w3, pending_op, pending_request_id, pending_correlation, pending_reason, pending_change, failure_reason, failure_message FROM entries WHERE pending_correlation = $1 FOR UPDATE
+`
+
+func (q *Queries) GetEntryByCorrelation(ctx context.Context, pendingCorrelation uuid.NullUUID) (Entry, error) {
+	row := q.db.QueryRow(ctx, getEntryByCorrelation, pendingCorrelation)
+	var i Entry
+	err := row.Scan(
+		&i.Key,
+		&i.KeyType,
+		&i.Participant,
+		&i.Branch,
+		&i.AccountNumber,
+		&i.AccountType,
+		&i.AccountOpenedAt,
+		&i.OwnerType,
+		&i.OwnerTaxID,
+		&i.OwnerName,
+		&i.OwnerTradeName,
+		&i.Status,
+		&i.CreatedAt,
+		&i.KeyOwnedSince,
+		&i.UpdatedAt,
+		&i.RequestID,
+		&i.Cid,
+		&i.CidW0,
+		&i.CidW1,
+		&i.CidW2,
+		&i.CidW3,
+		&i.PendingOp,
+		&i.PendingRequestID,
+		&i.PendingCorrelation,
+		&i.PendingReason,
+		&i.PendingChange,
+		&i.FailureReason,
+		&i.FailureMessage,
 	)
 	return i, err
 }
 
 const getEntryForUpdate = `-- name: GetEntryForUpdate :one
-SELECT key, key_type, participant, branch, account_number, account_type, account_opened_at, owner_type, owner_tax_id, owner_name, owner_trade_name, status, created_at, key_owned_since, updated_at, request_id, cid, cid_w0, cid_w1, cid_w2, cid_w3 FROM entries WHERE key = $1 FOR UPDATE
+SELECT key, key_type, participant, branch, account_number, account_type, account_opened_at, owner_type, owner_tax_id, owner_name, owner_trade_name, status, created_at, key_owned_since, updated_at, request_id, cid, cid_w0, cid_w1, cid_w2, cid_w3, pending_op, pending_request_id, pending_correlation, pending_reason, pending_change, failure_reason, failure_message FROM entries WHERE key = $1 FOR UPDATE
 `
 
 func (q *Queries) GetEntryForUpdate(ctx context.Context, key string) (Entry, error) {
@@ -107,6 +252,13 @@ func (q *Queries) GetEntryForUpdate(ctx context.Context, key string) (Entry, err
 		&i.CidW1,
 		&i.CidW2,
 		&i.CidW3,
+		&i.PendingOp,
+		&i.PendingRequestID,
+		&i.PendingCorrelation,
+		&i.PendingReason,
+		&i.PendingChange,
+		&i.FailureReason,
+		&i.FailureMessage,
 	)
 	return i, err
 }
@@ -115,36 +267,41 @@ const insertEntry = `-- name: InsertEntry :exec
 INSERT INTO entries (
     key, key_type, participant, branch, account_number, account_type, account_opened_at,
     owner_type, owner_tax_id, owner_name, owner_trade_name, status,
-    created_at, key_owned_since, updated_at, request_id, cid, cid_w0, cid_w1, cid_w2, cid_w3
+    created_at, key_owned_since, updated_at, request_id, cid, cid_w0, cid_w1, cid_w2, cid_w3,
+    pending_op, pending_request_id, pending_correlation
 ) VALUES (
     $1, $2, $3, $4, $5, $6, $7,
     $8, $9, $10, $11, $12,
-    $13, $14, $15, $16, $17, $18, $19, $20, $21
+    $13, $14, $15, $16, $17, $18, $19, $20, $21,
+    $22, $23, $24
 )
 `
 
 type InsertEntryParams struct {
-	Key             string
-	KeyType         string
-	Participant     string
-	Branch          string
-	AccountNumber   string
-	AccountType     string
-	AccountOpenedAt time.Time
-	OwnerType       string
-	OwnerTaxID      string
-	OwnerName       string
-	OwnerTradeName  string
-	Status          string
-	CreatedAt       time.Time
-	KeyOwnedSince   time.Time
-	UpdatedAt       time.Time
-	RequestID       uuid.UUID
-	Cid             string
-	CidW0           int64
-	CidW1           int64
-	CidW2           int64
-	CidW3           int64
+	Key                string
+	KeyType            string
+	Participant        string
+	Branch             string
+	AccountNumber      string
+	AccountType        string
+	AccountOpenedAt    time.Time
+	OwnerType          string
+	OwnerTaxID         string
+	OwnerName          string
+	OwnerTradeName     string
+	Status             string
+	CreatedAt          time.Time
+	KeyOwnedSince      time.Time
+	UpdatedAt          time.Time
+	RequestID          uuid.UUID
+	Cid                string
+	CidW0              int64
+	CidW1              int64
+	CidW2              int64
+	CidW3              int64
+	PendingOp          pgtype.Text
+	PendingRequestID   uuid.NullUUID
+	PendingCorrelation uuid.NullUUID
 }
 
 func (q *Queries) InsertEntry(ctx context.Context, arg InsertEntryParams) error {
@@ -170,12 +327,15 @@ func (q *Queries) InsertEntry(ctx context.Context, arg InsertEntryParams) error 
 		arg.CidW1,
 		arg.CidW2,
 		arg.CidW3,
+		arg.PendingOp,
+		arg.PendingRequestID,
+		arg.PendingCorrelation,
 	)
 	return err
 }
 
 const listEntriesByAccount = `-- name: ListEntriesByAccount :many
-SELECT key, key_type, participant, branch, account_number, account_type, account_opened_at, owner_type, owner_tax_id, owner_name, owner_trade_name, status, created_at, key_owned_since, updated_at, request_id, cid, cid_w0, cid_w1, cid_w2, cid_w3 FROM entries
+SELECT key, key_type, participant, branch, account_number, account_type, account_opened_at, owner_type, owner_tax_id, owner_name, owner_trade_name, status, created_at, key_owned_since, updated_at, request_id, cid, cid_w0, cid_w1, cid_w2, cid_w3, pending_op, pending_request_id, pending_correlation, pending_reason, pending_change, failure_reason, failure_message FROM entries
 WHERE participant = $1 AND branch = $2 AND account_number = $3 AND account_type = $4
   AND key > $5::text
 ORDER BY key
@@ -229,6 +389,13 @@ func (q *Queries) ListEntriesByAccount(ctx context.Context, arg ListEntriesByAcc
 			&i.CidW1,
 			&i.CidW2,
 			&i.CidW3,
+			&i.PendingOp,
+			&i.PendingRequestID,
+			&i.PendingCorrelation,
+			&i.PendingReason,
+			&i.PendingChange,
+			&i.FailureReason,
+			&i.FailureMessage,
 		); err != nil {
 			return nil, err
 		}
@@ -241,7 +408,7 @@ func (q *Queries) ListEntriesByAccount(ctx context.Context, arg ListEntriesByAcc
 }
 
 const listEntriesByOwner = `-- name: ListEntriesByOwner :many
-SELECT key, key_type, participant, branch, account_number, account_type, account_opened_at, owner_type, owner_tax_id, owner_name, owner_trade_name, status, created_at, key_owned_since, updated_at, request_id, cid, cid_w0, cid_w1, cid_w2, cid_w3 FROM entries
+SELECT key, key_type, participant, branch, account_number, account_type, account_opened_at, owner_type, owner_tax_id, owner_name, owner_trade_name, status, created_at, key_owned_since, updated_at, request_id, cid, cid_w0, cid_w1, cid_w2, cid_w3, pending_op, pending_request_id, pending_correlation, pending_reason, pending_change, failure_reason, failure_message FROM entries
 WHERE participant = $1 AND owner_tax_id = $2 AND key > $3::text
 ORDER BY key
 LIMIT $4
@@ -290,6 +457,13 @@ func (q *Queries) ListEntriesByOwner(ctx context.Context, arg ListEntriesByOwner
 			&i.CidW1,
 			&i.CidW2,
 			&i.CidW3,
+			&i.PendingOp,
+			&i.PendingRequestID,
+			&i.PendingCorrelation,
+			&i.PendingReason,
+			&i.PendingChange,
+			&i.FailureReason,
+			&i.FailureMessage,
 		); err != nil {
 			return nil, err
 		}
@@ -302,7 +476,7 @@ func (q *Queries) ListEntriesByOwner(ctx context.Context, arg ListEntriesByOwner
 }
 
 const listEntriesByParticipant = `-- name: ListEntriesByParticipant :many
-SELECT key, key_type, participant, branch, account_number, account_type, account_opened_at, owner_type, owner_tax_id, owner_name, owner_trade_name, status, created_at, key_owned_since, updated_at, request_id, cid, cid_w0, cid_w1, cid_w2, cid_w3 FROM entries
+SELECT key, key_type, participant, branch, account_number, account_type, account_opened_at, owner_type, owner_tax_id, owner_name, owner_trade_name, status, created_at, key_owned_since, updated_at, request_id, cid, cid_w0, cid_w1, cid_w2, cid_w3, pending_op, pending_request_id, pending_correlation, pending_reason, pending_change, failure_reason, failure_message FROM entries
 WHERE participant = $1 AND key > $2::text
 ORDER BY key
 LIMIT $3
@@ -345,6 +519,13 @@ func (q *Queries) ListEntriesByParticipant(ctx context.Context, arg ListEntriesB
 			&i.CidW1,
 			&i.CidW2,
 			&i.CidW3,
+			&i.PendingOp,
+			&i.PendingRequestID,
+			&i.PendingCorrelation,
+			&i.PendingReason,
+			&i.PendingChange,
+			&i.FailureReason,
+			&i.FailureMessage,
 		); err != nil {
 			return nil, err
 		}
@@ -383,6 +564,7 @@ func (q *Queries) LockAccount(ctx context.Context, arg LockAccountParams) error 
 
 const ownEntriesExist = `-- name: OwnEntriesExist :many
 SELECT key FROM entries WHERE participant = $1 AND key = ANY($2::text[])
+  AND status <> 'FAILED' AND pending_op IS DISTINCT FROM 'CREATE'
 `
 
 type OwnEntriesExistParams struct {
@@ -390,6 +572,8 @@ type OwnEntriesExistParams struct {
 	Keys        []string
 }
 
+// Keys the directory holds for the participant: confirmed, or with an update
+// or delete still pending.
 func (q *Queries) OwnEntriesExist(ctx context.Context, arg OwnEntriesExistParams) ([]string, error) {
 	rows, err := q.db.Query(ctx, ownEntriesExist, arg.Participant, arg.Keys)
 	if err != nil {
@@ -403,6 +587,119 @@ func (q *Queries) OwnEntriesExist(ctx context.Context, arg OwnEntriesExistParams
 			return nil, err
 		}
 		items = append(items, key)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
+const refuseEntry = `-- name: RefuseEntry :exec
+UPDATE entries SET
+    status = $1::text, pending_op = NULL, pending_request_id = NULL, pending_correlation = NULL,
+    pending_reason = '', pending_change = NULL,
+    failure_reason = $2::text, failure_message = $3::text, updated_at = $4
+WHERE key = $5
+`
+
+type RefuseEntryParams struct {
+	Status         string
+	FailureReason  string
+	FailureMessage string
+	UpdatedAt      time.Time
+	Key            string
+}
+
+// Records the directory's refusal: a create becomes FAILED, an update or
+// delete leaves the entry ACTIVE as it was.
+func (q *Queries) RefuseEntry(ctx context.Context, arg RefuseEntryParams) error {
+	_, err := q.db.Exec(ctx, refuseEntry,
+		arg.Status,
+		arg.FailureReason,
+		arg.FailureMessage,
+		arg.UpdatedAt,
+		arg.Key,
+	)
+	return err
+}
+
+const setEntryPending = `-- name: SetEntryPending :exec
+UPDATE entries SET status = 'PENDING', pending_op = $1::text, pending_request_id = $2,
+    pending_correlation = $3, pending_reason = $4::text,
+    pending_change = $5, failure_reason = '', failure_message = '', updated_at = $6
+WHERE key = $7
+`
+
+type SetEntryPendingParams struct {
+	PendingOp          string
+	PendingRequestID   uuid.NullUUID
+	PendingCorrelation uuid.NullUUID
+	PendingReason      string
+	PendingChange      []byte
+	UpdatedAt          time.Time
+	Key                string
+}
+
+// Records a pending update or delete; the row's data stays as confirmed.
+func (q *Queries) SetEntryPending(ctx context.Context, arg SetEntryPendingParams) error {
+	_, err := q.db.Exec(ctx, setEntryPending,
+		arg.PendingOp,
+		arg.PendingRequestID,
+		arg.PendingCorrelation,
+		arg.PendingReason,
+		arg.PendingChange,
+		arg.UpdatedAt,
+		arg.Key,
+	)
+	return err
+}
+
+const stalePendingRequests = `-- name: StalePendingRequests :many
+SELECT o.topic, o.partition_key, o.aggregate_id, o.participant, o.payload, o.traceparent
+FROM entries e JOIN outbox o ON o.id = e.pending_correlation
+WHERE e.status = 'PENDING' AND o.published_at IS NOT NULL
+  AND NOT EXISTS (SELECT 1 FROM outbox r WHERE r.aggregate_id = e.key AND r.event_type = 'DirectoryRequest'
+                  AND r.created_at > $1)
+ORDER BY o.created_at
+LIMIT $2::int
+`
+
+type StalePendingRequestsParams struct {
+	Since   time.Time
+	MaxRows int32
+}
+
+type StalePendingRequestsRow struct {
+	Topic        string
+	PartitionKey string
+	AggregateID  string
+	Participant  string
+	Payload      []byte
+	Traceparent  pgtype.Text
+}
+
+// The DirectoryRequests of writes still pending whose key has had no
+// request sent since @since (a request or its response was lost).
+func (q *Queries) StalePendingRequests(ctx context.Context, arg StalePendingRequestsParams) ([]StalePendingRequestsRow, error) {
+	rows, err := q.db.Query(ctx, stalePendingRequests, arg.Since, arg.MaxRows)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []StalePendingRequestsRow{}
+	for rows.Next() {
+		var i StalePendingRequestsRow
+		if err := rows.Scan(
+			&i.Topic,
+			&i.PartitionKey,
+			&i.AggregateID,
+			&i.Participant,
+			&i.Payload,
+			&i.Traceparent,
+		); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
 	}
 	if err := rows.Err(); err != nil {
 		return nil, err
@@ -461,7 +758,7 @@ SELECT key_type,
        coalesce(bit_xor(cid_w2), 0)::bigint AS w2,
        coalesce(bit_xor(cid_w3), 0)::bigint AS w3
 FROM entries
-WHERE participant = $1
+WHERE participant = $1 AND status <> 'FAILED' AND pending_op IS DISTINCT FROM 'CREATE'
 GROUP BY key_type
 `
 

@@ -36,30 +36,52 @@ type Claim struct {
 	CompletionPeriodEnd time.Time
 	CreatedAt           time.Time
 	UpdatedAt           time.Time
+	IsClaimer           bool
+	IsDonor             bool
+	ClaimerAccount      []byte
+	ClaimerOwner        []byte
+	CreateRequestID     uuid.NullUUID
+	CancelReason        string
+	ConfirmReason       string
+	PendingAction       pgtype.Text
+	PendingParticipant  string
+	PendingCorrelation  uuid.NullUUID
+	PendingReason       string
+	PendingRequestID    uuid.NullUUID
+	FailureReason       string
+	FailureMessage      string
+	DonorEntry          []byte
 }
 
 type Entry struct {
-	Key             string
-	KeyType         string
-	Participant     string
-	Branch          string
-	AccountNumber   string
-	AccountType     string
-	AccountOpenedAt time.Time
-	OwnerType       string
-	OwnerTaxID      string
-	OwnerName       string
-	OwnerTradeName  string
-	Status          string
-	CreatedAt       time.Time
-	KeyOwnedSince   time.Time
-	UpdatedAt       time.Time
-	RequestID       uuid.UUID
-	Cid             string
-	CidW0           int64
-	CidW1           int64
-	CidW2           int64
-	CidW3           int64
+	Key                string
+	KeyType            string
+	Participant        string
+	Branch             string
+	AccountNumber      string
+	AccountType        string
+	AccountOpenedAt    time.Time
+	OwnerType          string
+	OwnerTaxID         string
+	OwnerName          string
+	OwnerTradeName     string
+	Status             string
+	CreatedAt          time.Time
+	KeyOwnedSince      time.Time
+	UpdatedAt          time.Time
+	RequestID          uuid.UUID
+	Cid                string
+	CidW0              int64
+	CidW1              int64
+	CidW2              int64
+	CidW3              int64
+	PendingOp          pgtype.Text
+	PendingRequestID   uuid.NullUUID
+	PendingCorrelation uuid.NullUUID
+	PendingReason      string
+	PendingChange      []byte
+	FailureReason      string
+	FailureMessage     string
 }
 
 type KeyLookupStat struct {
@@ -91,6 +113,12 @@ type Outbox struct {
 	Attempts      int32
 	LastError     pgtype.Text
 	Traceparent   pgtype.Text
+	LaneBatch     pgtype.Int8
+}
+
+type OutboxIdentity struct {
+	ID        uuid.UUID
+	Singleton bool
 }
 
 type OutboxLane struct {
@@ -98,6 +126,12 @@ type OutboxLane struct {
 	Owner      string
 	LeaseUntil time.Time
 	NextSeq    int64
+}
+
+type ProcessedEvent struct {
+	Consumer    string
+	EventID     string
+	ProcessedAt time.Time
 }
 
 type Request struct {
@@ -117,4 +151,16 @@ type SyncCheck struct {
 	LocalVsync  string
 	DictVsync   string
 	Result      string
+	Entries     int64
+	DictEntries int64
+	Added       int32
+	Updated     int32
+	Removed     int32
+	Skipped     int32
+}
+
+type SyncSchedule struct {
+	Participant string
+	KeyType     string
+	NextCheckAt time.Time
 }

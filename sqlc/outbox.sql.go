@@ -13,20 +13,6 @@ import (
 	"github.com/jackc/pgx/v5/pgtype"
 )
 
-const advanceOutboxLane = `-- name: AdvanceOutboxLane :exec
-UPDATE outbox_lanes SET next_seq = $1::bigint WHERE lane = $2
-`
-
-type AdvanceOutboxLaneParams struct {
-	NextSeq int64
-	Lane    int16
-}
-
-func (q *Queries) AdvanceOutboxLane(ctx context.Context, arg AdvanceOutboxLaneParams) error {
-	_, err := q.db.Exec(ctx, advanceOutboxLane, arg.NextSeq, arg.Lane)
-	return err
-}
-
 const claimOutboxLanes = `-- name: ClaimOutboxLanes :many
 UPDATE outbox_lanes SET owner = $1::text, lease_until = now() + $2::interval
 WHERE lane IN (
@@ -103,7 +89,7 @@ func (q *Queries) InsertOutbox(ctx context.Context, arg InsertOutboxParams) erro
 }
 
 const listOutboxByAggregate = `-- name: ListOutboxByAggregate :many
-SELECT id, created_at, topic, partition_key, event_type, aggregate_type, aggregate_id, participant, content_type, payload, published_at, seq, lane, lane_seq, attempts, last_error, traceparent FROM outbox WHERE aggregate_id = $1 ORDER BY created_at, id
+SELECT id, created_at, topic, partition_key, event_type, aggregate_type, aggregate_id, participant, content_type, payload, published_at, seq, lane, lane_seq, attempts, last_error, traceparent, lane_batch FROM outbox WHERE aggregate_id = $1 ORDER BY created_at, id
 `
 
 func (q *Queries) ListOutboxByAggregate(ctx context.Context, aggregateID string) ([]Outbox, error) {
@@ -133,6 +119,7 @@ func (q *Queries) ListOutboxByAggregate(ctx context.Context, aggregateID string)
 			&i.Attempts,
 			&i.LastError,
 			&i.Traceparent,
+			&i.LaneBatch,
 		); err != nil {
 			return nil, err
 		}
@@ -146,7 +133,8 @@ func (q *Queries) ListOutboxByAggregate(ctx context.Context, aggregateID string)
 
 const listSequencedOutbox = `-- name: ListSequencedOutbox :many
 SELECT id, topic, partition_key, event_type, aggregate_type, aggregate_id, participant, content_type,
-       payload, created_at, lane_seq::bigint AS lane_seq, traceparent
+       payload, created_at, lane_seq::bigint AS lane_seq, coalesce(lane_batch, lane_seq)::bigint AS lane_batch,
+       traceparent
 FROM outbox
 WHERE lane = $1 AND published_at IS NULL AND lane_seq IS NOT NULL
 ORDER BY lane_seq
@@ -170,6 +158,7 @@ type ListSequencedOutboxRow struct {
 	Payload       []byte
 	CreatedAt     time.Time
 	LaneSeq       int64
+	LaneBatch     int64
 	Traceparent   pgtype.Text
 }
 
@@ -194,6 +183,7 @@ func (q *Queries) ListSequencedOutbox(ctx context.Context, arg ListSequencedOutb
 			&i.Payload,
 			&i.CreatedAt,
 			&i.LaneSeq,
+			&i.LaneBatch,
 			&i.Traceparent,
 		); err != nil {
 			return nil, err
@@ -206,73 +196,25 @@ func (q *Queries) ListSequencedOutbox(ctx context.Context, arg ListSequencedOutb
 	return items, nil
 }
 
-const listUnsequencedOutbox = `-- name: ListUnsequencedOutbox :many
-SELECT id FROM outbox
-WHERE lane = $1 AND published_at IS NULL AND lane_seq IS NULL
-ORDER BY seq
-LIMIT $2::int
-`
-
-type ListUnsequencedOutboxParams struct {
-	Lane    pgtype.Int2
-	MaxRows int32
-}
-
-func (q *Queries) ListUnsequencedOutbox(ctx context.Context, arg ListUnsequencedOutboxParams) ([]uuid.UUID, error) {
-	rows, err := q.db.Query(ctx, listUnsequencedOutbox, arg.Lane, arg.MaxRows)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	items := []uuid.UUID{}
-	for rows.Next() {
-		var id uuid.UUID
-		if err := rows.Scan(&id); err != nil {
-			return nil, err
-		}
-		items = append(items, id)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, err
-	}
-	return items, nil
-}
-
-const lockOutboxLane = `-- name: LockOutboxLane :one
-SELECT next_seq FROM outbox_lanes
-WHERE lane = $1 AND owner = $2::text AND lease_until > now()
-FOR UPDATE
-`
-
-type LockOutboxLaneParams struct {
-	Lane  int16
-	Owner string
-}
-
-// Locks the caller's lane for sequencing; no row when the lease was lost.
-func (q *Queries) LockOutboxLane(ctx context.Context, arg LockOutboxLaneParams) (int64, error) {
-	row := q.db.QueryRow(ctx, lockOutboxLane, arg.Lane, arg.Owner)
-	var next_seq int64
-	err := row.Scan(&next_seq)
-	return next_seq, err
-}
-
 const markOutboxPublished = `-- name: MarkOutboxPublished :execrows
-UPDATE outbox SET published_at = now()
-WHERE id = ANY($1::uuid[]) AND published_at IS NULL
+UPDATE outbox o SET published_at = now()
+WHERE o.lane = $1::smallint AND o.published_at IS NULL AND o.lane_seq IS NOT NULL
+  AND o.id = ANY($2::uuid[])
   AND EXISTS (SELECT 1 FROM outbox_lanes l
-              WHERE l.lane = $2 AND l.owner = $3::text AND l.lease_until > now())
+              WHERE l.lane = $1::smallint AND l.owner = $3::text AND l.lease_until > now())
 `
 
 type MarkOutboxPublishedParams struct {
-	Ids   []uuid.UUID
 	Lane  int16
+	Ids   []uuid.UUID
 	Owner string
 }
 
-// Marks acknowledged rows, only while the caller still holds the lane.
+// Marks acknowledged rows, only while the caller still holds the lane. The
+// lane and in-flight conditions let it read the lane's in-flight rows through
+// outbox_unpublished rather than the whole table.
 func (q *Queries) MarkOutboxPublished(ctx context.Context, arg MarkOutboxPublishedParams) (int64, error) {
-	result, err := q.db.Exec(ctx, markOutboxPublished, arg.Ids, arg.Lane, arg.Owner)
+	result, err := q.db.Exec(ctx, markOutboxPublished, arg.Lane, arg.Ids, arg.Owner)
 	if err != nil {
 		return 0, err
 	}
@@ -295,6 +237,17 @@ func (q *Queries) OutboxBacklog(ctx context.Context) (OutboxBacklogRow, error) {
 	var i OutboxBacklogRow
 	err := row.Scan(&i.Rows, &i.OldestAgeSeconds)
 	return i, err
+}
+
+const outboxIdentity = `-- name: OutboxIdentity :one
+SELECT id FROM outbox_identity WHERE singleton
+`
+
+func (q *Queries) OutboxIdentity(ctx context.Context) (uuid.UUID, error) {
+	row := q.db.QueryRow(ctx, outboxIdentity)
+	var id uuid.UUID
+	err := row.Scan(&id)
+	return id, err
 }
 
 const recordOutboxFailure = `-- name: RecordOutboxFailure :exec
@@ -356,19 +309,105 @@ func (q *Queries) RenewOutboxLanes(ctx context.Context, arg RenewOutboxLanesPara
 	return items, nil
 }
 
-const sequenceOutbox = `-- name: SequenceOutbox :exec
-UPDATE outbox o SET lane_seq = $1::bigint + t.ord - 1
-FROM unnest($2::uuid[]) WITH ORDINALITY AS t(id, ord)
-WHERE o.id = t.id AND o.lane_seq IS NULL
+const sequenceOutboxRound = `-- name: SequenceOutboxRound :many
+WITH lane AS (
+    SELECT l.next_seq FROM outbox_lanes l
+    WHERE l.lane = $1 AND l.owner = $2::text AND l.lease_until > now()
+      AND NOT EXISTS (SELECT 1 FROM outbox f
+                      WHERE f.lane = $1 AND f.published_at IS NULL AND f.lane_seq IS NOT NULL)
+    FOR UPDATE
+), todo AS (
+    SELECT t.id, t.topic, t.seq,
+           row_number() OVER (ORDER BY t.seq) AS rn,
+           (row_number() OVER (PARTITION BY t.topic ORDER BY t.seq) - 1) / $3::int AS bn
+    FROM (SELECT o.id, o.topic, o.seq FROM outbox o
+          WHERE o.lane = $1 AND o.published_at IS NULL AND o.lane_seq IS NULL
+            AND EXISTS (SELECT 1 FROM lane)
+          ORDER BY o.seq
+          LIMIT $4::int) t
+), numbered AS (
+    SELECT todo.id, todo.seq, lane.next_seq + todo.rn - 1 AS lane_seq,
+           lane.next_seq + min(todo.rn) OVER (PARTITION BY todo.topic, todo.bn) - 1 AS lane_batch
+    FROM todo, lane
+), advanced AS (
+    UPDATE outbox_lanes SET next_seq = next_seq + (SELECT count(*) FROM numbered)
+    WHERE outbox_lanes.lane = $1 AND EXISTS (SELECT 1 FROM numbered)
+)
+UPDATE outbox o SET lane_seq = n.lane_seq, lane_batch = n.lane_batch
+FROM numbered n
+WHERE o.id = n.id AND o.lane = $1::smallint AND o.published_at IS NULL AND o.lane_seq IS NULL
+  -- The round's range of the lane's unsequenced rows (outbox_unsequenced), not all of them.
+  AND o.seq BETWEEN (SELECT min(seq) FROM numbered) AND (SELECT max(seq) FROM numbered)
+RETURNING o.id, o.topic, o.partition_key, o.event_type, o.aggregate_type, o.aggregate_id, o.participant,
+          o.content_type, o.payload, o.created_at, o.lane_seq::bigint AS lane_seq,
+          o.lane_batch::bigint AS lane_batch, o.traceparent
 `
 
-type SequenceOutboxParams struct {
-	FirstSeq int64
-	Ids      []uuid.UUID
+type SequenceOutboxRoundParams struct {
+	Lane     int16
+	Owner    string
+	MaxBatch int32
+	MaxRows  int32
 }
 
-// Gives the rows ids[i] the lane sequence first_seq+i.
-func (q *Queries) SequenceOutbox(ctx context.Context, arg SequenceOutboxParams) error {
-	_, err := q.db.Exec(ctx, sequenceOutbox, arg.FirstSeq, arg.Ids)
-	return err
+type SequenceOutboxRoundRow struct {
+	ID            uuid.UUID
+	Topic         string
+	PartitionKey  string
+	EventType     string
+	AggregateType string
+	AggregateID   string
+	Participant   string
+	ContentType   string
+	Payload       []byte
+	CreatedAt     time.Time
+	LaneSeq       int64
+	LaneBatch     int64
+	Traceparent   pgtype.Text
+}
+
+// One statement per relay round: under the caller's live lease (the lane row
+// locked), and only when none of the lane's rows is still in flight, gives up
+// to max_rows unsequenced rows, in insert order, the lane's next sequence
+// numbers and their batches (per topic, runs of at most max_batch rows;
+// lane_batch is the sequence number of a batch's first row), advances the
+// lane, and returns the rows to send. No row: nothing to do, or the lease is
+// gone, or rows are in flight (ListSequencedOutbox has them).
+func (q *Queries) SequenceOutboxRound(ctx context.Context, arg SequenceOutboxRoundParams) ([]SequenceOutboxRoundRow, error) {
+	rows, err := q.db.Query(ctx, sequenceOutboxRound,
+		arg.Lane,
+		arg.Owner,
+		arg.MaxBatch,
+		arg.MaxRows,
+	)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []SequenceOutboxRoundRow{}
+	for rows.Next() {
+		var i SequenceOutboxRoundRow
+		if err := rows.Scan(
+			&i.ID,
+			&i.Topic,
+			&i.PartitionKey,
+			&i.EventType,
+			&i.AggregateType,
+			&i.AggregateID,
+			&i.Participant,
+			&i.ContentType,
+			&i.Payload,
+			&i.CreatedAt,
+			&i.LaneSeq,
+			&i.LaneBatch,
+			&i.Traceparent,
+		); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
 }

@@ -8,13 +8,113 @@ package sqlc
 import (
 	"context"
 	"time"
+
+	"github.com/google/uuid"
 )
+
+const auditWatermark = `-- name: AuditWatermark :one
+SELECT coalesce(max(id), 0)::bigint FROM audit_log
+`
+
+func (q *Queries) AuditWatermark(ctx context.Context) (int64, error) {
+	row := q.db.QueryRow(ctx, auditWatermark)
+	var column_1 int64
+	err := row.Scan(&column_1)
+	return column_1, err
+}
+
+const claimSyncCheck = `-- name: ClaimSyncCheck :execrows
+INSERT INTO sync_schedule (participant, key_type, next_check_at)
+VALUES ($1, $2, $3)
+ON CONFLICT (participant, key_type) DO UPDATE SET next_check_at = EXCLUDED.next_check_at
+WHERE sync_schedule.next_check_at <= $4::timestamptz
+`
+
+type ClaimSyncCheckParams struct {
+	Participant string
+	KeyType     string
+	NextCheckAt time.Time
+	Now         time.Time
+}
+
+// Takes the check of one participant's key type when it is due (or never
+// ran), moving its next time to @next_check_at; 0 rows when another
+// instance took it or it is not due.
+func (q *Queries) ClaimSyncCheck(ctx context.Context, arg ClaimSyncCheckParams) (int64, error) {
+	result, err := q.db.Exec(ctx, claimSyncCheck,
+		arg.Participant,
+		arg.KeyType,
+		arg.NextCheckAt,
+		arg.Now,
+	)
+	if err != nil {
+		return 0, err
+	}
+	return result.RowsAffected(), nil
+}
+
+const insertSyncCheck = `-- name: InsertSyncCheck :exec
+INSERT INTO sync_checks (participant, key_type, checked_at, local_vsync, dict_vsync, result,
+                         entries, dict_entries, added, updated, removed, skipped)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+`
+
+type InsertSyncCheckParams struct {
+	Participant string
+	KeyType     string
+	CheckedAt   time.Time
+	LocalVsync  string
+	DictVsync   string
+	Result      string
+	Entries     int64
+	DictEntries int64
+	Added       int32
+	Updated     int32
+	Removed     int32
+	Skipped     int32
+}
+
+func (q *Queries) InsertSyncCheck(ctx context.Context, arg InsertSyncCheckParams) error {
+	_, err := q.db.Exec(ctx, insertSyncCheck,
+		arg.Participant,
+		arg.KeyType,
+		arg.CheckedAt,
+		arg.LocalVsync,
+		arg.DictVsync,
+		arg.Result,
+		arg.Entries,
+		arg.DictEntries,
+		arg.Added,
+		arg.Updated,
+		arg.Removed,
+		arg.Skipped,
+	)
+	return err
+}
+
+const keyChangedSince = `-- name: KeyChangedSince :one
+SELECT EXISTS (SELECT 1 FROM audit_log WHERE key = $1 AND id > $2::bigint)
+`
+
+type KeyChangedSinceParams struct {
+	Key       string
+	Watermark int64
+}
+
+// Whether key has an audit row after the watermark: a change the
+// directory's list may not reflect.
+func (q *Queries) KeyChangedSince(ctx context.Context, arg KeyChangedSinceParams) (bool, error) {
+	row := q.db.QueryRow(ctx, keyChangedSince, arg.Key, arg.Watermark)
+	var exists bool
+	err := row.Scan(&exists)
+	return exists, err
+}
 
 const latestSyncChecks = `-- name: LatestSyncChecks :many
 SELECT DISTINCT ON (key_type) key_type, checked_at, result
 FROM sync_checks
 WHERE participant = $1
-ORDER BY key_type, checked_at DESC
+ORDER BY key_type, checked_at DESC, id DESC
 `
 
 type LatestSyncChecksRow struct {
@@ -33,6 +133,177 @@ func (q *Queries) LatestSyncChecks(ctx context.Context, participant string) ([]L
 	for rows.Next() {
 		var i LatestSyncChecksRow
 		if err := rows.Scan(&i.KeyType, &i.CheckedAt, &i.Result); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
+const localVSync = `-- name: LocalVSync :one
+SELECT count(*)::bigint AS entry_count,
+       coalesce(bit_xor(cid_w0), 0)::bigint AS w0,
+       coalesce(bit_xor(cid_w1), 0)::bigint AS w1,
+       coalesce(bit_xor(cid_w2), 0)::bigint AS w2,
+       coalesce(bit_xor(cid_w3), 0)::bigint AS w3
+FROM entries
+WHERE participant = $1 AND key_type = $2 AND status <> 'FAILED' AND pending_op IS DISTINCT FROM 'CREATE'
+`
+
+type LocalVSyncParams struct {
+	Participant string
+	KeyType     string
+}
+
+type LocalVSyncRow struct {
+	EntryCount int64
+	W0         int64
+	W1         int64
+	W2         int64
+	W3         int64
+}
+
+// The VSync of one key type (the set VSyncByKeyType aggregates).
+func (q *Queries) LocalVSync(ctx context.Context, arg LocalVSyncParams) (LocalVSyncRow, error) {
+	row := q.db.QueryRow(ctx, localVSync, arg.Participant, arg.KeyType)
+	var i LocalVSyncRow
+	err := row.Scan(
+		&i.EntryCount,
+		&i.W0,
+		&i.W1,
+		&i.W2,
+		&i.W3,
+	)
+	return i, err
+}
+
+const overwriteEntry = `-- name: OverwriteEntry :execrows
+UPDATE entries SET
+    branch = $1, account_number = $2, account_type = $3, account_opened_at = $4,
+    owner_type = $5, owner_tax_id = $6, owner_name = $7, owner_trade_name = $8,
+    key_owned_since = $9, updated_at = $10, request_id = $11,
+    cid = $12, cid_w0 = $13, cid_w1 = $14, cid_w2 = $15, cid_w3 = $16,
+    failure_reason = '', failure_message = ''
+WHERE key = $17 AND status = 'ACTIVE' AND pending_op IS NULL
+`
+
+type OverwriteEntryParams struct {
+	Branch          string
+	AccountNumber   string
+	AccountType     string
+	AccountOpenedAt time.Time
+	OwnerType       string
+	OwnerTaxID      string
+	OwnerName       string
+	OwnerTradeName  string
+	KeyOwnedSince   time.Time
+	UpdatedAt       time.Time
+	RequestID       uuid.UUID
+	Cid             string
+	CidW0           int64
+	CidW1           int64
+	CidW2           int64
+	CidW3           int64
+	Key             string
+}
+
+// A reconciliation repair: the directory's copy of an entry replaces ours.
+func (q *Queries) OverwriteEntry(ctx context.Context, arg OverwriteEntryParams) (int64, error) {
+	result, err := q.db.Exec(ctx, overwriteEntry,
+		arg.Branch,
+		arg.AccountNumber,
+		arg.AccountType,
+		arg.AccountOpenedAt,
+		arg.OwnerType,
+		arg.OwnerTaxID,
+		arg.OwnerName,
+		arg.OwnerTradeName,
+		arg.KeyOwnedSince,
+		arg.UpdatedAt,
+		arg.RequestID,
+		arg.Cid,
+		arg.CidW0,
+		arg.CidW1,
+		arg.CidW2,
+		arg.CidW3,
+		arg.Key,
+	)
+	if err != nil {
+		return 0, err
+	}
+	return result.RowsAffected(), nil
+}
+
+const setSyncCheckDue = `-- name: SetSyncCheckDue :exec
+UPDATE sync_schedule SET next_check_at = $1
+WHERE participant = $2 AND key_type = $3
+`
+
+type SetSyncCheckDueParams struct {
+	NextCheckAt time.Time
+	Participant string
+	KeyType     string
+}
+
+// When the check of one participant's key type is due next.
+func (q *Queries) SetSyncCheckDue(ctx context.Context, arg SetSyncCheckDueParams) error {
+	_, err := q.db.Exec(ctx, setSyncCheckDue, arg.NextCheckAt, arg.Participant, arg.KeyType)
+	return err
+}
+
+const syncLocalEntries = `-- name: SyncLocalEntries :many
+SELECT key, key_type, participant, branch, account_number, account_type, account_opened_at, owner_type, owner_tax_id, owner_name, owner_trade_name, status, created_at, key_owned_since, updated_at, request_id, cid, cid_w0, cid_w1, cid_w2, cid_w3, pending_op, pending_request_id, pending_correlation, pending_reason, pending_change, failure_reason, failure_message FROM entries WHERE participant = $1 AND key_type = $2 ORDER BY key
+`
+
+type SyncLocalEntriesParams struct {
+	Participant string
+	KeyType     string
+}
+
+// Every row of one participant's key type, whatever its status: the
+// reconciliation diffs the VSync set and steps around pending writes.
+func (q *Queries) SyncLocalEntries(ctx context.Context, arg SyncLocalEntriesParams) ([]Entry, error) {
+	rows, err := q.db.Query(ctx, syncLocalEntries, arg.Participant, arg.KeyType)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []Entry{}
+	for rows.Next() {
+		var i Entry
+		if err := rows.Scan(
+			&i.Key,
+			&i.KeyType,
+			&i.Participant,
+			&i.Branch,
+			&i.AccountNumber,
+			&i.AccountType,
+			&i.AccountOpenedAt,
+			&i.OwnerType,
+			&i.OwnerTaxID,
+			&i.OwnerName,
+			&i.OwnerTradeName,
+			&i.Status,
+			&i.CreatedAt,
+			&i.KeyOwnedSince,
+			&i.UpdatedAt,
+			&i.RequestID,
+			&i.Cid,
+			&i.CidW0,
+			&i.CidW1,
+			&i.CidW2,
+			&i.CidW3,
+			&i.PendingOp,
+			&i.PendingRequestID,
+			&i.PendingCorrelation,
+			&i.PendingReason,
+			&i.PendingChange,
+			&i.FailureReason,
+			&i.FailureMessage,
+		); err != nil {
 			return nil, err
 		}
 		items = append(items, i)

@@ -41,9 +41,20 @@ type DB struct {
 	admin string
 }
 
-// Create makes a new database named prefix_<random>, migrates it and opens
-// a pool on it. Call it from TestMain; Close drops the database.
+// Create makes a new database named prefix_<random>, migrates it with
+// core-dict's migrations and opens a pool on it. Call it from TestMain; Close
+// drops the database.
 func Create(ctx context.Context, prefix string) (*DB, error) {
+	return CreateMigrated(ctx, prefix, schema.Migrate)
+}
+
+// MigrateFunc brings the database at url to the newest schema of one
+// migration set, such as [schema.Migrate] or dictsim.Migrate.
+type MigrateFunc func(ctx context.Context, url string, log io.Writer) error
+
+// CreateMigrated is [Create] with another migration set: the simulated
+// directory (dictsim) keeps its own database with its own migrations.
+func CreateMigrated(ctx context.Context, prefix string, migrate MigrateFunc) (*DB, error) {
 	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
 	admin := AdminURL()
@@ -64,7 +75,7 @@ func Create(ctx context.Context, prefix string) (*DB, error) {
 	}
 	u.Path = "/" + name
 	db := &DB{Name: name, URL: u.String(), admin: admin}
-	if err := schema.Migrate(ctx, db.URL, io.Discard); err != nil {
+	if err := migrate(ctx, db.URL, io.Discard); err != nil {
 		db.Close()
 		return nil, err
 	}

@@ -434,8 +434,12 @@ const (
 	SyncResult_SYNC_RESULT_NOT_CHECKED SyncResult = 1
 	// The directory's VSync equals ours.
 	SyncResult_SYNC_RESULT_MATCH SyncResult = 2
-	// The directory's VSync differs; a reconciliation is due.
+	// The directory's VSync differs (and, after a reconciliation, still
+	// differs); the next check repairs what it can again.
 	SyncResult_SYNC_RESULT_MISMATCH SyncResult = 3
+	// The VSyncs differed; this side was repaired from the directory's CIDs
+	// and the re-check matched.
+	SyncResult_SYNC_RESULT_REPAIRED SyncResult = 4
 )
 
 // Enum value maps for SyncResult.
@@ -445,12 +449,14 @@ var (
 		1: "SYNC_RESULT_NOT_CHECKED",
 		2: "SYNC_RESULT_MATCH",
 		3: "SYNC_RESULT_MISMATCH",
+		4: "SYNC_RESULT_REPAIRED",
 	}
 	SyncResult_value = map[string]int32{
 		"SYNC_RESULT_UNSPECIFIED": 0,
 		"SYNC_RESULT_NOT_CHECKED": 1,
 		"SYNC_RESULT_MATCH":       2,
 		"SYNC_RESULT_MISMATCH":    3,
+		"SYNC_RESULT_REPAIRED":    4,
 	}
 )
 
@@ -647,9 +653,20 @@ type Entry struct {
 	// Content identifier: lowercase hex HMAC-SHA256 (DOMAIN.md).
 	Cid string `protobuf:"bytes,9,opt,name=cid,proto3" json:"cid,omitempty"`
 	// The RequestId that created the entry.
-	RequestId     string `protobuf:"bytes,10,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	RequestId string `protobuf:"bytes,10,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	// The directory's (DICT's) reason for refusing the entry's last write
+	// (EntryKeyOwnedByDifferentPerson, ...): with status FAILED for a create;
+	// with the entry back to ACTIVE, as it was, for an update or a delete.
+	FailureReason string `protobuf:"bytes,11,opt,name=failure_reason,json=failureReason,proto3" json:"failure_reason,omitempty"`
+	// The directory's message with failure_reason.
+	FailureMessage string `protobuf:"bytes,12,opt,name=failure_message,json=failureMessage,proto3" json:"failure_message,omitempty"`
+	// The write waiting for the directory while status is PENDING: CREATE,
+	// UPDATE or DELETE. During an UPDATE or DELETE the entry shows its
+	// current (confirmed) data. A pending EVP create's key is its request_id
+	// until the directory generates the key.
+	PendingOperation string `protobuf:"bytes,13,opt,name=pending_operation,json=pendingOperation,proto3" json:"pending_operation,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *Entry) Reset() {
@@ -752,6 +769,27 @@ func (x *Entry) GetRequestId() string {
 	return ""
 }
 
+func (x *Entry) GetFailureReason() string {
+	if x != nil {
+		return x.FailureReason
+	}
+	return ""
+}
+
+func (x *Entry) GetFailureMessage() string {
+	if x != nil {
+		return x.FailureMessage
+	}
+	return ""
+}
+
+func (x *Entry) GetPendingOperation() string {
+	if x != nil {
+		return x.PendingOperation
+	}
+	return ""
+}
+
 // Claim is a portability or ownership claim over a key.
 type Claim struct {
 	state               protoimpl.MessageState `protogen:"open.v1"`
@@ -768,8 +806,20 @@ type Claim struct {
 	CreatedAt           *timestamppb.Timestamp `protobuf:"bytes,11,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
 	UpdatedAt           *timestamppb.Timestamp `protobuf:"bytes,12,opt,name=updated_at,json=updatedAt,proto3" json:"updated_at,omitempty"`
 	CancelReason        Reason                 `protobuf:"varint,13,opt,name=cancel_reason,json=cancelReason,proto3,enum=dict.v1.Reason" json:"cancel_reason,omitempty"`
-	unknownFields       protoimpl.UnknownFields
-	sizeCache           protoimpl.SizeCache
+	// The directory's (DICT's) reason for refusing this PSP's last action on
+	// the claim (ClaimOperationInvalid, ...): the claim stays as it was; a
+	// refused create has status UNSPECIFIED and no directory id (its id is
+	// the create's request_id).
+	FailureReason string `protobuf:"bytes,14,opt,name=failure_reason,json=failureReason,proto3" json:"failure_reason,omitempty"`
+	// The directory's message with failure_reason.
+	FailureMessage string `protobuf:"bytes,15,opt,name=failure_message,json=failureMessage,proto3" json:"failure_message,omitempty"`
+	// The action waiting for the directory's answer: CREATE, ACKNOWLEDGE,
+	// CONFIRM, CANCEL or COMPLETE. A pending create has status UNSPECIFIED
+	// and its request_id as id until the directory assigns the claim's id
+	// (GetClaim finds it by either).
+	PendingOperation string `protobuf:"bytes,16,opt,name=pending_operation,json=pendingOperation,proto3" json:"pending_operation,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *Claim) Reset() {
@@ -891,6 +941,27 @@ func (x *Claim) GetCancelReason() Reason {
 		return x.CancelReason
 	}
 	return Reason_REASON_UNSPECIFIED
+}
+
+func (x *Claim) GetFailureReason() string {
+	if x != nil {
+		return x.FailureReason
+	}
+	return ""
+}
+
+func (x *Claim) GetFailureMessage() string {
+	if x != nil {
+		return x.FailureMessage
+	}
+	return ""
+}
+
+func (x *Claim) GetPendingOperation() string {
+	if x != nil {
+		return x.PendingOperation
+	}
+	return ""
 }
 
 // PayerView is what the payer may be shown about the receiver of a payment.
@@ -2814,7 +2885,7 @@ const file_dict_v1_dict_proto_rawDesc = "" +
 	"\x06tax_id\x18\x02 \x01(\tR\x05taxId\x12\x12\n" +
 	"\x04name\x18\x03 \x01(\tR\x04name\x12\x1d\n" +
 	"\n" +
-	"trade_name\x18\x04 \x01(\tR\ttradeName\"\xb1\x03\n" +
+	"trade_name\x18\x04 \x01(\tR\ttradeName\"\xae\x04\n" +
 	"\x05Entry\x12+\n" +
 	"\bkey_type\x18\x01 \x01(\x0e2\x10.dict.v1.KeyTypeR\akeyType\x12\x10\n" +
 	"\x03key\x18\x02 \x01(\tR\x03key\x12*\n" +
@@ -2829,7 +2900,10 @@ const file_dict_v1_dict_proto_rawDesc = "" +
 	"\x03cid\x18\t \x01(\tR\x03cid\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\n" +
-	" \x01(\tR\trequestId\"\x8a\x05\n" +
+	" \x01(\tR\trequestId\x12%\n" +
+	"\x0efailure_reason\x18\v \x01(\tR\rfailureReason\x12'\n" +
+	"\x0ffailure_message\x18\f \x01(\tR\x0efailureMessage\x12+\n" +
+	"\x11pending_operation\x18\r \x01(\tR\x10pendingOperation\"\x87\x06\n" +
 	"\x05Claim\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12&\n" +
 	"\x04type\x18\x02 \x01(\x0e2\x12.dict.v1.ClaimTypeR\x04type\x12,\n" +
@@ -2846,7 +2920,10 @@ const file_dict_v1_dict_proto_rawDesc = "" +
 	"created_at\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x129\n" +
 	"\n" +
 	"updated_at\x18\f \x01(\v2\x1a.google.protobuf.TimestampR\tupdatedAt\x124\n" +
-	"\rcancel_reason\x18\r \x01(\x0e2\x0f.dict.v1.ReasonR\fcancelReason\"\x9f\x01\n" +
+	"\rcancel_reason\x18\r \x01(\x0e2\x0f.dict.v1.ReasonR\fcancelReason\x12%\n" +
+	"\x0efailure_reason\x18\x0e \x01(\tR\rfailureReason\x12'\n" +
+	"\x0ffailure_message\x18\x0f \x01(\tR\x0efailureMessage\x12+\n" +
+	"\x11pending_operation\x18\x10 \x01(\tR\x10pendingOperation\"\x9f\x01\n" +
 	"\tPayerView\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x1d\n" +
@@ -3019,13 +3096,14 @@ const file_dict_v1_dict_proto_rawDesc = "" +
 	"\x15REASON_RECONCILIATION\x10\x04\x12\x10\n" +
 	"\fREASON_FRAUD\x10\x05\x12\x19\n" +
 	"\x15REASON_RFB_VALIDATION\x10\x06\x12\x1c\n" +
-	"\x18REASON_DEFAULT_OPERATION\x10\a*w\n" +
+	"\x18REASON_DEFAULT_OPERATION\x10\a*\x91\x01\n" +
 	"\n" +
 	"SyncResult\x12\x1b\n" +
 	"\x17SYNC_RESULT_UNSPECIFIED\x10\x00\x12\x1b\n" +
 	"\x17SYNC_RESULT_NOT_CHECKED\x10\x01\x12\x15\n" +
 	"\x11SYNC_RESULT_MATCH\x10\x02\x12\x18\n" +
-	"\x14SYNC_RESULT_MISMATCH\x10\x032\x93\t\n" +
+	"\x14SYNC_RESULT_MISMATCH\x10\x03\x12\x18\n" +
+	"\x14SYNC_RESULT_REPAIRED\x10\x042\x93\t\n" +
 	"\x0fCoreDictService\x12B\n" +
 	"\tCreateKey\x12\x19.dict.v1.CreateKeyRequest\x1a\x1a.dict.v1.CreateKeyResponse\x129\n" +
 	"\x06GetKey\x12\x16.dict.v1.GetKeyRequest\x1a\x17.dict.v1.GetKeyResponse\x12?\n" +
