@@ -9,6 +9,7 @@ export DATABASE_URL      ?= postgres://coredict:coredict@127.0.0.1:5432/coredict
 export JWT_SECRET        ?= local-dev-secret-0123456789abcdef0123
 export DICT_PARTICIPANTS ?= 12345678,87654321
 export DICT_PARTICIPANT_CATEGORY ?= A
+export DICTSIM_DATABASE_URL ?= postgres://coredict:coredict@127.0.0.1:5432/dictsim?sslmode=disable
 
 GEN_TMP := .deps/gen-check
 
@@ -16,8 +17,9 @@ GEN_TMP := .deps/gen-check
 
 ## run: install and start the local services, migrate, serve on :9090 (metrics on :9091).
 run: deps build
+	scripts/deps.sh db dictsim
 	./bin/core-dict migrate
-	exec ./bin/core-dict serve
+	./bin/core-dict dictsim & sim=$$!; trap 'kill $$sim 2>/dev/null' EXIT INT TERM; ./bin/core-dict serve
 
 ## test: the same services, then every check and test.
 test: deps gen-check fmt-check tidy-check vet
