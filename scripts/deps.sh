@@ -437,6 +437,11 @@ pulsar_start() {
 	mkdir -p "$PULSAR_DIR/data"
 	pid=$(read_pid "$(pulsar_pidfile)")
 	if pulsar_ready; then
+		# A private broker exists to be stopped and started by its owner (the outage tests): one that
+		# this checkout did not start (another checkout's, a leftover) would never go down on `down`.
+		if [ "$PULSAR_PRIVATE" = 1 ] && ! pid_alive "$pid" "$PULSAR_PATTERN"; then
+			die "pulsar: a broker this checkout did not start answers on $PULSAR_HOST:$PULSAR_PORT; stop it (its pid: ss -ltnp | grep :$PULSAR_PORT) or choose another DEPS_PULSAR_PORT"
+		fi
 		log "pulsar: already up on $PULSAR_HOST:$PULSAR_PORT"
 		return 0
 	fi
