@@ -453,17 +453,43 @@ func (l *laneState) publish(ctx context.Context, rows []sqlc.ListSequencedOutbox
 // receipts of everything sent before it.
 func (l *laneState) sendBatches(ctx context.Context, p pulsar.Producer, rows []sqlc.ListSequencedOutboxRow, idx []int) (int, error) {
 	r := l.relay
-	errs := make([]error, len(idx))
+	type result struct {
+		done bool
+		err  error
+	}
+	var mu sync.Mutex // results is written by the client's callbacks
+	results := make([]result, len(idx))
 	var wg sync.WaitGroup
+	// acked waits (bounded: a closed producer should fail what it holds, but the lane must never hang on
+	// it) and returns the acknowledged prefix of idx[:upto], rounded down to a batch boundary: a batch is
+	// one entry, stored whole or not at all, and a part of one marked would have the rest re-sent under
+	// a later first id, which deduplication would not recognise.
 	acked := func(upto int) (int, error) {
-		wg.Wait()
-		for k, err := range errs[:upto] {
-			if err != nil {
-				// Whole batches fail together; k is the first row of the first failed batch.
-				return k, err
+		done := make(chan struct{})
+		go func() { wg.Wait(); close(done) }()
+		t := time.NewTimer(r.sendWait)
+		defer t.Stop()
+		select {
+		case <-done:
+		case <-t.C:
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		n, err := upto, error(nil)
+		for k := range upto {
+			if !results[k].done {
+				n, err = k, errors.New("broker did not acknowledge in time")
+				break
+			}
+			if results[k].err != nil {
+				n, err = k, results[k].err
+				break
 			}
 		}
-		return upto, nil
+		for n > 0 && n < len(idx) && rows[idx[n]].LaneBatch == rows[idx[n-1]].LaneBatch {
+			n--
+		}
+		return n, err
 	}
 	for start := 0; start < len(idx); {
 		end := start + 1
@@ -480,10 +506,12 @@ func (l *laneState) sendBatches(ctx context.Context, p pulsar.Producer, rows []s
 				id, err := p.Send(sctx, msg)
 				cancel()
 				endPublishSpan(span, id, err)
+				mu.Lock()
+				results[k] = result{done: true, err: err}
+				mu.Unlock()
 				if err != nil {
-					// Close fails what p still holds, so the callbacks all run.
+					// Close fails what p still holds, so the callbacks run.
 					l.dropProducer(rows[i].Topic)
-					errs[k] = err
 					return acked(end)
 				}
 				l.checkBatch(id, nil, k-start, size, rows[i].LaneBatch)
@@ -492,7 +520,9 @@ func (l *laneState) sendBatches(ctx context.Context, p pulsar.Producer, rows []s
 			wg.Add(1)
 			p.SendAsync(ctx, msg, func(id pulsar.MessageID, _ *pulsar.ProducerMessage, err error) {
 				endPublishSpan(span, id, err)
-				errs[k] = err
+				mu.Lock()
+				results[k] = result{done: true, err: err}
+				mu.Unlock()
 				l.checkBatch(id, err, k-start, size, rows[i].LaneBatch)
 				wg.Done()
 			})
