@@ -422,9 +422,11 @@ func (l *laneState) publish(ctx context.Context, rows []sqlc.ListSequencedOutbox
 			acked = append(acked, rows[i].ID)
 		}
 		if err != nil {
+			if !keepProducer(ctx, err) {
+				l.dropProducer(topic)
+			}
 			err = fmt.Errorf("publish to %s (lane %d, sequence %d): %w", topic, l.lane, rows[idx[n]].LaneSeq, err)
 			firstErr = cmpErr(firstErr, err)
-			l.dropProducer(topic)
 			l.recordFailure(ctx, rows, idx[n:], err)
 		}
 	}
@@ -510,8 +512,10 @@ func (l *laneState) sendBatches(ctx context.Context, p pulsar.Producer, rows []s
 				results[k] = result{done: true, err: err}
 				mu.Unlock()
 				if err != nil {
-					// Close fails what p still holds, so the callbacks run.
-					l.dropProducer(rows[i].Topic)
+					if !keepProducer(ctx, err) {
+						// Close fails what p still holds, so the callbacks run.
+						l.dropProducer(rows[i].Topic)
+					}
 					return acked(end)
 				}
 				l.checkBatch(id, nil, k-start, size, rows[i].LaneBatch)
@@ -530,6 +534,16 @@ func (l *laneState) sendBatches(ctx context.Context, p pulsar.Producer, rows []s
 		start = end
 	}
 	return acked(len(idx))
+}
+
+// keepProducer tells whether a failed send leaves the producer in use: when the broker simply did not
+// answer within the send wait (it is away), the producer keeps what it holds and its own reconnect
+// re-sends it in order, and the lane's next round re-sends the same batches behind them, which the
+// broker's deduplication drops. Closing it instead can leave, in pulsar-client-go v0.19.0, a producer
+// that its reconnect registers again under the lane's fixed name after Close returned, so the
+// broker refuses the successor with ProducerBusy for as long as the connection lives.
+func keepProducer(ctx context.Context, err error) bool {
+	return ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded)
 }
 
 // message is the Pulsar message of an outbox row: its payload and key, its lane sequence number as the
