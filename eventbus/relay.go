@@ -274,9 +274,11 @@ func (r *Relay) listen(ctx context.Context, wakes []chan struct{}) {
 	}
 }
 
-// measure keeps the backlog gauges current.
+// measure keeps the backlog gauges current, to the second at most: counting the backlog reads every
+// unpublished row, and a short poll interval (tests, benchmarks) should not make the relay count a large
+// backlog several times a second while it drains it.
 func (r *Relay) measure(ctx context.Context) {
-	t := time.NewTicker(r.poll)
+	t := time.NewTicker(max(r.poll, time.Second))
 	defer t.Stop()
 	for {
 		if b, err := r.q.OutboxBacklog(ctx); err == nil {
@@ -296,8 +298,13 @@ var errLeaseLost = errors.New("outbox lane lease lost")
 
 // runLane publishes one lane until ctx is done: drain, then wait for a wake-up or the poll interval.
 func (r *Relay) runLane(ctx context.Context, lane int16, wake <-chan struct{}) {
-	l := &laneState{relay: r, lane: lane, producers: map[string]pulsar.Producer{}}
+	l := &laneState{relay: r, lane: lane, producers: map[string]pulsar.Producer{}, listFirst: true, mark: noSeqRange}
 	defer l.closeProducers()
+	defer func() {
+		if err := l.flushMark(ctx); err != nil && !errors.Is(err, errLeaseLost) {
+			r.logger.Warn("mark outbox lane published", "lane", lane, "err", err)
+		}
+	}()
 	poll := time.NewTicker(r.poll)
 	defer poll.Stop()
 	failures := 0
@@ -326,11 +333,17 @@ func (r *Relay) runLane(ctx context.Context, lane int16, wake <-chan struct{}) {
 	}
 }
 
-// laneState is one lane's worker: its producers, one per topic.
+// laneState is one lane's worker: its producers, one per topic, and what it knows of the lane's rows.
 type laneState struct {
 	relay     *Relay
 	lane      int16
 	producers map[string]pulsar.Producer
+	// listFirst: rows of the lane may be in flight (at start, after a failure); list and send them
+	// before sequencing more.
+	listFirst bool
+	// mark: the last round, sent and acknowledged in full, still to be marked published (by the next
+	// round's statement, or flushMark).
+	mark seqRange
 }
 
 // A batch is one Pulsar entry: at most maxBatchMessages rows of one topic, cut when the rows are
@@ -342,16 +355,21 @@ const (
 )
 
 // drain publishes the lane's rows until none are left: first whatever is in flight (sequenced but not
-// acknowledged: a failed round's, or a dead relay's), then round after round of newly sequenced rows,
-// each round one statement to sequence and fetch, the sends, and one to mark. New rows are sequenced
-// only once every sequenced row is acknowledged, so at most one round (r.batch rows) is ever in flight
-// per lane and a listing of them never cuts a batch.
+// acknowledged: a failed round's, or a dead relay's), then round after round of newly sequenced rows.
+// A round is one statement and the sends: the statement marks the previous round published (all of it
+// was acknowledged) and sequences the next one, so a lane's rows are written twice by the relay and a
+// round costs one round trip to the database. New rows are sequenced only once every sequenced row but
+// the ones being marked is acknowledged, so at most one round (r.batch rows) is ever in flight per lane
+// and a listing of them never cuts a batch.
 func (l *laneState) drain(ctx context.Context) error {
 	r := l.relay
-	inFlight := true // until a listing shows none
 	for {
 		var rows []sqlc.ListSequencedOutboxRow
-		if inFlight {
+		listed := l.listFirst
+		if l.listFirst {
+			if err := l.flushMark(ctx); err != nil {
+				return err
+			}
 			var err error
 			rows, err = r.q.ListSequencedOutbox(ctx, sqlc.ListSequencedOutboxParams{
 				Lane: pgtype.Int2{Int16: l.lane, Valid: true}, MaxRows: int32(r.batch),
@@ -359,8 +377,8 @@ func (l *laneState) drain(ctx context.Context) error {
 			if err != nil {
 				return fmt.Errorf("list outbox lane %d: %w", l.lane, err)
 			}
-			inFlight = len(rows) == r.batch
-			if inFlight {
+			l.listFirst = len(rows) == r.batch
+			if l.listFirst {
 				// Perhaps more (a relay with a larger batch size left them): send whole batches only,
 				// then list again.
 				last := rows[len(rows)-1].LaneBatch
@@ -370,33 +388,103 @@ func (l *laneState) drain(ctx context.Context) error {
 			}
 		}
 		if len(rows) == 0 {
-			round, err := r.q.SequenceOutboxRound(ctx, sqlc.SequenceOutboxRoundParams{
-				Lane: l.lane, Owner: r.owner, MaxBatch: maxBatchMessages, MaxRows: int32(r.batch),
-			})
+			var ready bool
+			var err error
+			rows, ready, err = l.sequence(ctx, r.batch)
 			if err != nil {
-				return fmt.Errorf("sequence outbox lane %d: %w", l.lane, err)
+				return err
 			}
-			if len(round) == 0 {
+			if !ready {
+				// Rows of the lane are in flight that this worker does not know of (or no longer
+				// holds: a failed round's); list them next, or, if a listing just showed none, at the
+				// next wake-up.
+				l.listFirst = true
+				if listed {
+					return nil
+				}
+				continue
+			}
+			if len(rows) == 0 {
 				return nil
 			}
-			rows = make([]sqlc.ListSequencedOutboxRow, len(round))
-			for i, row := range round {
-				rows[i] = sqlc.ListSequencedOutboxRow(row)
-			}
-			slices.SortFunc(rows, func(a, b sqlc.ListSequencedOutboxRow) int { return cmp.Compare(a.LaneSeq, b.LaneSeq) })
 		}
 		if err := l.publish(ctx, rows); err != nil {
+			l.listFirst = true
 			return err
 		}
+		// All of rows were acknowledged. They are the lane's unpublished rows from the first to the last
+		// of them: a round, or a listing, which is a prefix of the lane's in-flight rows.
+		l.mark = seqRange{from: rows[0].LaneSeq, through: rows[len(rows)-1].LaneSeq, rows: int64(len(rows))}
 	}
 }
 
+// seqRange is a run [from, through] of a lane's sequence numbers, rows of them unpublished; empty when
+// from > through.
+type seqRange struct{ from, through, rows int64 }
+
+var noSeqRange = seqRange{from: 1, through: 0}
+
+func (s seqRange) empty() bool { return s.from > s.through }
+
+// sequence runs the lane's round statement: it marks l.mark published and sequences up to maxRows new
+// rows, returned in lane sequence order. ready is false when rows are in flight that were not marked,
+// so none were sequenced. It returns errLeaseLost when the lease is gone.
+func (l *laneState) sequence(ctx context.Context, maxRows int) (rows []sqlc.ListSequencedOutboxRow, ready bool, err error) {
+	r := l.relay
+	res, err := r.q.SequenceOutboxRound(ctx, sqlc.SequenceOutboxRoundParams{
+		Lane: l.lane, Owner: r.owner, MarkFrom: l.mark.from, MarkThrough: l.mark.through, MarkRows: l.mark.rows,
+		MaxBatch: maxBatchMessages, MaxRows: int32(maxRows),
+	})
+	if err != nil {
+		return nil, false, fmt.Errorf("sequence outbox lane %d: %w", l.lane, err)
+	}
+	if len(res) == 0 || !res[0].Leased {
+		// Nothing was marked: whoever holds the lane next re-sends those rows, which the broker drops.
+		l.mark = noSeqRange
+		l.listFirst = true
+		return nil, false, errLeaseLost
+	}
+	if !l.mark.empty() {
+		r.published.Add(float64(res[0].Marked))
+		l.mark = noSeqRange
+	}
+	rows = make([]sqlc.ListSequencedOutboxRow, 0, len(res))
+	for _, row := range res {
+		if row.LaneSeq == 0 {
+			continue // the row of the counts alone: nothing sequenced
+		}
+		rows = append(rows, sqlc.ListSequencedOutboxRow{
+			ID: row.ID, Topic: row.Topic, PartitionKey: row.PartitionKey, EventType: row.EventType,
+			AggregateType: row.AggregateType, AggregateID: row.AggregateID, Participant: row.Participant,
+			ContentType: row.ContentType, Payload: row.Payload, CreatedAt: row.CreatedAt,
+			LaneSeq: row.LaneSeq, LaneBatch: row.LaneBatch, Traceparent: row.Traceparent,
+		})
+	}
+	slices.SortFunc(rows, func(a, b sqlc.ListSequencedOutboxRow) int { return cmp.Compare(a.LaneSeq, b.LaneSeq) })
+	return rows, res[0].Ready, nil
+}
+
+// flushMark marks l.mark published now, without sequencing anything: before the lane's in-flight rows
+// are listed (they would include it), and when the worker stops. It goes on after ctx is done, briefly:
+// a mark lost only makes the lane's next holder re-send rows the broker drops.
+func (l *laneState) flushMark(ctx context.Context) error {
+	if l.mark.empty() {
+		return nil
+	}
+	mctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	_, _, err := l.sequence(mctx, 0)
+	return err
+}
+
 // publish sends rows (a lane's sequenced rows, in lane sequence order), batch by batch as they were
-// cut, and marks the acknowledged ones. A batch's rows go out with SendAsync except the last, which is
-// sent with Send: that flushes the producer's batch at exactly the batch's bound and waits for the
-// broker's receipt. Per topic, only the acknowledged prefix of batches is marked; after any failure the
-// topic's producer is closed, which fails whatever it still holds, so the broker has stored a prefix of
-// the batches sent and a re-send of the rest is neither dropped wrongly nor doubled.
+// cut. When every row is acknowledged it returns nil and the caller marks them (with its next round);
+// otherwise it marks the acknowledged ones itself and returns the error. A batch's rows go out with
+// SendAsync except the last, which is sent with Send: that flushes the producer's batch at exactly the
+// batch's bound and waits for the broker's receipt. Per topic, only the acknowledged prefix of batches
+// is marked; after any failure the topic's producer is closed, which fails whatever it still holds, so
+// the broker has stored a prefix of the batches sent and a re-send of the rest is neither dropped
+// wrongly nor doubled.
 func (l *laneState) publish(ctx context.Context, rows []sqlc.ListSequencedOutboxRow) error {
 	r := l.relay
 	byTopic := map[string][]int{}
@@ -429,6 +517,9 @@ func (l *laneState) publish(ctx context.Context, rows []sqlc.ListSequencedOutbox
 			firstErr = cmpErr(firstErr, err)
 			l.recordFailure(ctx, rows, idx[n:], err)
 		}
+	}
+	if firstErr == nil {
+		return nil
 	}
 	if len(acked) > 0 {
 		mctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)

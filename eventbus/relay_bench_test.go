@@ -1,13 +1,16 @@
 package eventbus_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"fmt"
 	"os"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -39,6 +42,7 @@ func BenchmarkOutbox(b *testing.B) {
 		benchInsert(b, db.Pool, topic, 1000, 0, 10)
 		recv.wait(b, 1000, time.Minute)
 		// Throughput: b.N rows committed at once, drained.
+		cpu := startCPU(b, db.Pool)
 		b.ResetTimer()
 		start := time.Now()
 		if _, err := db.Pool.Exec(context.Background(), `INSERT INTO outbox (id, created_at, topic, partition_key, event_type, aggregate_type, aggregate_id, participant, content_type, payload)
@@ -49,6 +53,7 @@ func BenchmarkOutbox(b *testing.B) {
 		recv.wait(b, 1000+b.N, 2*time.Minute)
 		elapsed := time.Since(start)
 		b.StopTimer()
+		cpu.report(b)
 		// Latency: paced single-row commits.
 		n := benchInsert(b, db.Pool, topic, 6000, 2000, 1)
 		recv.wait(b, 1000+b.N+n, time.Minute)
@@ -68,16 +73,85 @@ func BenchmarkOutbox(b *testing.B) {
 		defer p.Close()
 		benchSend(b, p, 1000, 0)
 		recv.wait(b, 1000, time.Minute)
+		cpu := startCPU(b, nil)
 		b.ResetTimer()
 		start := time.Now()
 		benchSend(b, p, b.N, 0)
 		recv.wait(b, 1000+b.N, 2*time.Minute)
 		elapsed := time.Since(start)
 		b.StopTimer()
+		cpu.report(b)
 		n := benchSend(b, p, 6000, 2000)
 		recv.wait(b, 1000+b.N+n, time.Minute)
 		report(b, elapsed, recv)
 	})
+}
+
+// cpuMeter measures the CPU time the throughput phase costs, which a loaded machine disturbs far less
+// than its wall time: this process's (relay or producer, and the consumer) as go_cpu_ms, and the
+// PostgreSQL backends of the test database's pool (inserts and relay) as db_cpu_ms. The broker's is
+// not measured (it serves other tests too).
+type cpuMeter struct {
+	pool *pgxpool.Pool
+	goAt time.Duration
+	dbAt map[int]time.Duration
+}
+
+func startCPU(b *testing.B, pool *pgxpool.Pool) *cpuMeter {
+	m := &cpuMeter{pool: pool, goAt: processCPU()}
+	m.dbAt = m.backendsCPU(b)
+	return m
+}
+
+func (m *cpuMeter) report(b *testing.B) {
+	b.ReportMetric(float64((processCPU() - m.goAt).Milliseconds()), "go_cpu_ms")
+	if m.pool == nil {
+		return
+	}
+	var db time.Duration
+	for pid, t := range m.backendsCPU(b) {
+		db += t - m.dbAt[pid]
+	}
+	b.ReportMetric(float64(db.Milliseconds()), "db_cpu_ms")
+}
+
+func processCPU() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// backendsCPU reads the user+system time of the database's backends from /proc (the server is local).
+func (m *cpuMeter) backendsCPU(b *testing.B) map[int]time.Duration {
+	out := map[int]time.Duration{}
+	if m.pool == nil {
+		return out
+	}
+	rows, err := m.pool.Query(context.Background(), "SELECT pid FROM pg_stat_activity WHERE datname = current_database()")
+	if err != nil {
+		b.Fatal(err)
+	}
+	pids, err := pgx.CollectRows(rows, pgx.RowTo[int32])
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, pid := range pids {
+		stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			continue
+		}
+		// Fields after the command's closing parenthesis; utime and stime are the 14th and 15th.
+		f := strings.Fields(string(stat[bytes.LastIndexByte(stat, ')')+1:]))
+		if len(f) < 13 {
+			continue
+		}
+		ut, _ := strconv.ParseInt(f[11], 10, 64)
+		st, _ := strconv.ParseInt(f[12], 10, 64)
+		out[int(pid)] = time.Duration(ut+st) * (time.Second / 100) // USER_HZ
+	}
+	return out
 }
 
 func report(b *testing.B, elapsed time.Duration, recv *benchReceiver) {
