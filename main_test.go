@@ -28,6 +28,8 @@ func TestLoadConfigRefusesBadValues(t *testing.T) {
 		{"DICT_PARTICIPANT_NAMES", "Banco", "DICT_PARTICIPANT_NAMES"},
 		{"LOG_LEVEL", "loud", "LOG_LEVEL"},
 		{"MAX_REQUEST_BYTES", "10", "MAX_REQUEST_BYTES"},
+		{"CORS_ALLOWED_ORIGINS", "console.example.com", "CORS_ALLOWED_ORIGINS"},
+		{"CORS_ALLOWED_ORIGINS", "https://console.example.com/app", "CORS_ALLOWED_ORIGINS"},
 	} {
 		t.Run(test.name+"="+test.value, func(t *testing.T) {
 			t.Setenv(test.name, test.value)
@@ -69,7 +71,7 @@ func TestOpsEndpoints(t *testing.T) {
 	defer db.Close()
 	reg := prometheus.NewRegistry()
 	rpc.NewMetrics(reg)
-	svc := dict.NewService(dict.ServiceConfig{Pool: db.Pool})
+	svc := dict.NewService(dict.ServiceConfig{Pool: db.App})
 	srv := httptest.NewServer(opsMux(reg, svc))
 	defer srv.Close()
 	for _, test := range []struct {
@@ -92,7 +94,7 @@ func TestOpsEndpoints(t *testing.T) {
 		}
 	}
 	// With the database gone, the process is alive but not ready.
-	db.Pool.Close()
+	db.App.Close()
 	res, err := http.Get(srv.URL + "/readyz")
 	if err != nil {
 		t.Fatal(err)
@@ -100,5 +102,23 @@ func TestOpsEndpoints(t *testing.T) {
 	res.Body.Close()
 	if res.StatusCode != http.StatusServiceUnavailable {
 		t.Errorf("/readyz with the pool closed = %d, want 503", res.StatusCode)
+	}
+}
+
+// TestServiceRoleCheck: serve refuses a DATABASE_URL whose role row-level
+// security does not apply to (the tables' owner), and accepts the
+// service's role.
+func TestServiceRoleCheck(t *testing.T) {
+	ctx := context.Background()
+	db, err := testdb.Create(ctx, "mainrole")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	if err := checkServiceRole(ctx, db.Pool); err == nil || !strings.Contains(err.Error(), "bypasses row-level security") {
+		t.Errorf("owner's pool: err = %v, want a refusal", err)
+	}
+	if err := checkServiceRole(ctx, db.App); err != nil {
+		t.Errorf("service role's pool: %v", err)
 	}
 }

@@ -37,7 +37,7 @@ func wbService(t *testing.T) *dict.Service {
 		t.Fatal(err)
 	}
 	t.Cleanup(db.Close)
-	return dict.NewService(dict.ServiceConfig{Pool: db.Pool})
+	return dict.NewService(dict.ServiceConfig{Pool: db.App})
 }
 
 func wbName(t *testing.T) string {

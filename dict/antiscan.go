@@ -1,7 +1,9 @@
 package dict
 
 import (
+	"cmp"
 	"context"
+	"sync"
 	"time"
 )
 
@@ -67,9 +69,18 @@ type Buckets interface {
 }
 
 // AntiScan applies the DICT's anti-scanning policy to lookups: before a
-// lookup, both the payer's bucket and the participant's must hold at least
-// one token; after it, a found key costs 1 and 1, a key not found 20 and 3;
-// a payment sent credits 1 (natural person) or 2 (legal person) and 1.
+// lookup, the payer's bucket must hold at least one token, and before a
+// lookup is sent to the DICT, the participant's too; after it, a found key
+// costs the payer 1 and a key not found 20, and a lookup sent costs the
+// participant 1 (found) or 3 (not found); a payment sent credits 1
+// (natural person) or 2 (legal person) and, when its lookup was sent, 1.
+//
+// The participant's bucket mirrors the DICT's, which counts only the
+// lookups it receives: lookups of the PSP's own keys (never sent, DOMAIN.md)
+// and answers from the directory cache are not charged to it. They are
+// charged to the payer's bucket all the same (stricter than the DICT, which
+// DOMAIN.md allows), so neither own keys nor the cache open a way around
+// the per-payer anti-scanning.
 type AntiScan struct {
 	buckets     Buckets
 	participant BucketParams
@@ -91,53 +102,135 @@ func userBucket(payerType OwnerType) BucketParams {
 	return UserBucketNatural
 }
 
+// BucketTaker is a [Buckets] that also checks and deducts in one step:
+// Take deducts cost only when at least cost tokens are there (cachelayer's
+// token bucket does, in one Redis call). [AntiScan] uses it, when the store
+// has it, for lookups answered from this PSP's own data.
+type BucketTaker interface {
+	Take(ctx context.Context, key string, p BucketParams, cost float64) (BucketDecision, error)
+}
+
+func payerBucketKey(payerID string) string { return userBucketKeyPrefix + "{" + payerID + "}" }
+
+func participantBucketKey(participant string) string {
+	return participantBucketKeyPrefix + "{" + participant + "}"
+}
+
+func refused(who string, d BucketDecision) error {
+	return &Error{Kind: KindRateLimited, Reason: ReasonRateLimited, RetryAfter: d.RetryAfter,
+		Msg: "lookup refused: the anti-scanning bucket of " + who + " is empty; retry after " + d.RetryAfter.Round(time.Second).String()}
+}
+
 // Admit refuses a lookup that would exceed the payer's or the participant's
-// bucket, before anything is looked up.
+// bucket, before anything is looked up: the payer's bucket first. It is the
+// DICT's admission of a lookup it receives (dictsim); core-dict admits in
+// two steps ([AntiScan.AdmitPayer], [AntiScan.AdmitParticipant]).
 func (a *AntiScan) Admit(ctx context.Context, participant string, payerType OwnerType, payerID string) error {
-	for _, b := range []struct {
-		key, who string
-		p        BucketParams
-	}{
-		{userBucketKeyPrefix + "{" + payerID + "}", "the payer", userBucket(payerType)},
-		{participantBucketKeyPrefix + "{" + participant + "}", "the participant", a.participant},
-	} {
-		d, err := a.buckets.Check(ctx, b.key, b.p, minimumLookupCost)
-		if err != nil {
-			return Internal("anti-scan check", err)
-		}
-		if !d.Allowed {
-			return &Error{Kind: KindRateLimited, Reason: ReasonRateLimited, RetryAfter: d.RetryAfter,
-				Msg: "lookup refused: the anti-scanning bucket of " + b.who + " is empty; retry after " + d.RetryAfter.Round(time.Second).String()}
-		}
+	if err := a.AdmitPayer(ctx, payerType, payerID); err != nil {
+		return err
+	}
+	return a.AdmitParticipant(ctx, participant)
+}
+
+// AdmitPayer refuses a lookup when the payer's bucket holds less than one
+// token, before anything is looked up or sent.
+func (a *AntiScan) AdmitPayer(ctx context.Context, payerType OwnerType, payerID string) error {
+	d, err := a.buckets.Check(ctx, payerBucketKey(payerID), userBucket(payerType), minimumLookupCost)
+	if err != nil {
+		return Internal("anti-scan check", err)
+	}
+	if !d.Allowed {
+		return refused("the payer", d)
 	}
 	return nil
 }
 
-// Settle charges a lookup's real cost once its answer is known.
+// AdmitParticipant refuses a lookup about to be sent to the DICT when the
+// participant's bucket holds less than one token. The participant's bucket
+// is the DICT's count of the lookups this PSP sends it: a lookup answered
+// here (an own key, a cached answer) is neither admitted nor charged there.
+func (a *AntiScan) AdmitParticipant(ctx context.Context, participant string) error {
+	d, err := a.buckets.Check(ctx, participantBucketKey(participant), a.participant, minimumLookupCost)
+	if err != nil {
+		return Internal("anti-scan check", err)
+	}
+	if !d.Allowed {
+		return refused("the participant", d)
+	}
+	return nil
+}
+
+// TakeOwn admits and charges, in one step when the store can
+// ([BucketTaker]), a lookup answered from this PSP's own data: the key is
+// found, so it costs the payer 1; it is refused, and costs nothing, when
+// the payer's bucket holds less than one token. The participant's bucket
+// is not involved (the DICT never sees the lookup).
+func (a *AntiScan) TakeOwn(ctx context.Context, payerType OwnerType, payerID string) error {
+	key, p := payerBucketKey(payerID), userBucket(payerType)
+	if t, ok := a.buckets.(BucketTaker); ok {
+		d, err := t.Take(ctx, key, p, CostFoundUser)
+		if err != nil {
+			return Internal("anti-scan take", err)
+		}
+		if !d.Allowed {
+			return refused("the payer", d)
+		}
+		return nil
+	}
+	if err := a.AdmitPayer(ctx, payerType, payerID); err != nil {
+		return err
+	}
+	if _, err := a.buckets.Charge(ctx, key, p, CostFoundUser); err != nil {
+		return Internal("anti-scan charge", err)
+	}
+	return nil
+}
+
+// Settle charges a lookup's real cost once its answer is known, to the
+// payer's bucket and the participant's (the DICT's charge of a lookup it
+// answered).
 func (a *AntiScan) Settle(ctx context.Context, participant string, payerType OwnerType, payerID string, found bool) error {
+	return a.SettleLookup(ctx, participant, payerType, payerID, found, true)
+}
+
+// SettleLookup charges a lookup's real cost once its answer is known: to
+// the payer's bucket always (found 1, not found 20), and to the
+// participant's (found 1, not found 3) when the lookup was sent to the
+// DICT. The two charges go out together (one round trip on Redis, which
+// pipelines concurrent calls).
+func (a *AntiScan) SettleLookup(ctx context.Context, participant string, payerType OwnerType, payerID string, found, sent bool) error {
 	user, part := float64(CostFoundUser), float64(CostFoundParticipant)
 	if !found {
 		user, part = CostNotFoundUser, CostNotFoundParticipant
 	}
-	if _, err := a.buckets.Charge(ctx, userBucketKeyPrefix+"{"+payerID+"}", userBucket(payerType), user); err != nil {
-		return Internal("anti-scan charge", err)
+	var partErr error
+	var wg sync.WaitGroup
+	if sent {
+		wg.Go(func() { _, partErr = a.buckets.Charge(ctx, participantBucketKey(participant), a.participant, part) })
 	}
-	if _, err := a.buckets.Charge(ctx, participantBucketKeyPrefix+"{"+participant+"}", a.participant, part); err != nil {
+	_, userErr := a.buckets.Charge(ctx, payerBucketKey(payerID), userBucket(payerType), user)
+	wg.Wait()
+	if err := cmp.Or(userErr, partErr); err != nil {
 		return Internal("anti-scan charge", err)
 	}
 	return nil
 }
 
-// CreditPayment credits the buckets for a payment sent after a lookup.
-func (a *AntiScan) CreditPayment(ctx context.Context, participant string, payerType OwnerType, payerID string) error {
+// CreditPayment credits the buckets for a payment sent after a lookup: the
+// payer's 1 (natural person) or 2 (legal person), and the participant's 1
+// when the lookup was charged to it (sent to the DICT).
+func (a *AntiScan) CreditPayment(ctx context.Context, participant string, payerType OwnerType, payerID string, participantCharged bool) error {
 	amount := float64(CreditPaymentNaturalPayer)
 	if payerType == OwnerTypeLegalPerson {
 		amount = CreditPaymentLegalPayer
 	}
-	if _, err := a.buckets.Credit(ctx, userBucketKeyPrefix+"{"+payerID+"}", userBucket(payerType), amount); err != nil {
+	if _, err := a.buckets.Credit(ctx, payerBucketKey(payerID), userBucket(payerType), amount); err != nil {
 		return Internal("anti-scan credit", err)
 	}
-	if _, err := a.buckets.Credit(ctx, participantBucketKeyPrefix+"{"+participant+"}", a.participant, CreditPaymentParticipant); err != nil {
+	if !participantCharged {
+		return nil
+	}
+	if _, err := a.buckets.Credit(ctx, participantBucketKey(participant), a.participant, CreditPaymentParticipant); err != nil {
 		return Internal("anti-scan credit", err)
 	}
 	return nil

@@ -50,7 +50,8 @@ func (s *Service) EnforceClaimDeadlines(ctx context.Context) (int, error) {
 func (s *Service) enforceClaimDeadlinesBatch(ctx context.Context) (int, error) {
 	now := s.now().UTC()
 	sent := 0
-	err := s.inTx(ctx, "enforce claim deadlines", func(q *sqlc.Queries) error {
+	// The scheduler acts for every participant this instance serves.
+	err := s.inTx(ctx, "enforce claim deadlines", s.workerScope(), func(q *sqlc.Queries) error {
 		sent = 0
 		rows, err := q.DueClaims(ctx, sqlc.DueClaimsParams{Now: now, ValidationStart: now.Add(-ClaimOwnershipValidationPeriod), Batch: claimDeadlineBatch})
 		if err != nil {

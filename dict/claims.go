@@ -198,7 +198,7 @@ func (s *Service) CreateClaim(ctx context.Context, c Caller, in CreateClaimInput
 	}
 	corr := uuid.New()
 	var out Claim
-	err = s.inTx(ctx, "create claim", func(q *sqlc.Queries) error {
+	err = s.inTx(ctx, "create claim", only(c), func(q *sqlc.Queries) error {
 		if prior, done, err := s.claimRequestOnce(ctx, q, reqID, c.Participant, "CreateClaim", fp); err != nil || done {
 			out = prior
 			return err
@@ -265,10 +265,14 @@ func (s *Service) GetClaim(ctx context.Context, c Caller, idStr string) (Claim, 
 	if err != nil {
 		return Claim{}, err
 	}
-	row, err := s.q.GetClaim(ctx, id)
-	if errors.Is(err, pgx.ErrNoRows) {
-		row, err = s.q.GetClaimByCreateRequest(ctx, uuid.NullUUID{UUID: id, Valid: true})
-	}
+	var row sqlc.Claim
+	err = s.read(ctx, only(c), func(q *sqlc.Queries) (err error) {
+		row, err = q.GetClaim(ctx, id)
+		if errors.Is(err, pgx.ErrNoRows) {
+			row, err = q.GetClaimByCreateRequest(ctx, uuid.NullUUID{UUID: id, Valid: true})
+		}
+		return err
+	})
 	if errors.Is(err, pgx.ErrNoRows) {
 		return Claim{}, errNoClaim
 	}
@@ -322,7 +326,11 @@ func (s *Service) ListClaims(ctx context.Context, c Caller, in ListClaimsInput) 
 		p.AfterCreated = time.UnixMicro(int64(binary.BigEndian.Uint64(b[:8]))).UTC()
 		p.AfterID, _ = uuid.FromBytes(b[8:])
 	}
-	rows, err := s.q.ListClaims(ctx, p)
+	var rows []sqlc.Claim
+	err := s.read(ctx, only(c), func(q *sqlc.Queries) (err error) {
+		rows, err = q.ListClaims(ctx, p)
+		return err
+	})
 	if err != nil {
 		return nil, "", dbError("list claims", err)
 	}
@@ -377,7 +385,7 @@ func (s *Service) actOnClaim(ctx context.Context, c Caller, idStr string, action
 		fp = fingerprint("CompleteClaim", c.Participant, id)
 	}
 	var out Claim
-	err = s.inTx(ctx, "claim "+action.String(), func(q *sqlc.Queries) error {
+	err = s.inTx(ctx, "claim "+action.String(), only(c), func(q *sqlc.Queries) error {
 		if fp != nil {
 			if prior, done, err := s.claimRequestOnce(ctx, q, reqID, c.Participant, "CompleteClaim", fp); err != nil || done {
 				out = prior
@@ -478,6 +486,11 @@ func (s *Service) claimRequestOnce(ctx context.Context, q *sqlc.Queries, id uuid
 		return Claim{}, false, nil
 	}
 	prior, err := q.GetRequest(ctx, id)
+	if errors.Is(err, pgx.ErrNoRows) {
+		// Taken by another participant's request, which this
+		// transaction's participant set does not see.
+		prior, err = sqlc.Request{}, nil
+	}
 	if err != nil {
 		return Claim{}, false, err
 	}
@@ -606,7 +619,11 @@ func (s *Service) IsClaimResponse(ctx context.Context, resp *dictv1.DirectoryRes
 	if err != nil {
 		return false, nil
 	}
-	ok, err := s.q.ClaimCorrelationExists(ctx, uuid.NullUUID{UUID: corr, Valid: true})
+	var ok bool
+	err = s.read(ctx, s.workerScope(), func(q *sqlc.Queries) (err error) {
+		ok, err = q.ClaimCorrelationExists(ctx, uuid.NullUUID{UUID: corr, Valid: true})
+		return err
+	})
 	if err != nil {
 		return false, dbError("apply directory response", err)
 	}
@@ -647,12 +664,20 @@ func (s *Service) ApplyClaimResponse(ctx context.Context, resp *dictv1.Directory
 	return nil
 }
 
+// applyOnce runs fn for the directory's message id once, in one
+// transaction acting for the participants this instance serves (the
+// message may concern any of them).
 func (s *Service) applyOnce(ctx context.Context, id string, fn func(ctx context.Context, q *sqlc.Queries) error) error {
-	apply := func(ctx context.Context, tx pgx.Tx) error { return fn(ctx, s.q.WithTx(tx)) }
+	scope := s.workerScope()
 	if s.responseOnce != nil {
-		return s.responseOnce(ctx, id, apply)
+		return s.responseOnce(ctx, id, func(ctx context.Context, tx pgx.Tx) error {
+			if err := setParticipants(ctx, tx, scope); err != nil {
+				return err
+			}
+			return fn(ctx, s.q.WithTx(tx))
+		})
 	}
-	return pgx.BeginTxFunc(ctx, s.pool, pgx.TxOptions{}, func(tx pgx.Tx) error { return apply(ctx, tx) })
+	return s.tx(ctx, scope, false, func(tx pgx.Tx) error { return fn(ctx, s.q.WithTx(tx)) })
 }
 
 func (s *Service) invalidate(ctx context.Context, keys []string) {

@@ -126,9 +126,8 @@ func (s *Service) ApplyDirectoryResponse(ctx context.Context, resp *dictv1.Direc
 		return nil
 	}
 	var touched []string
-	apply := func(ctx context.Context, tx pgx.Tx) error {
+	err = s.applyOnce(ctx, corr.String(), func(ctx context.Context, q *sqlc.Queries) error {
 		touched = nil
-		q := s.q.WithTx(tx)
 		row, err := q.GetEntryByCorrelation(ctx, uuid.NullUUID{UUID: corr, Valid: true})
 		if errors.Is(err, pgx.ErrNoRows) {
 			return nil
@@ -138,12 +137,7 @@ func (s *Service) ApplyDirectoryResponse(ctx context.Context, resp *dictv1.Direc
 		}
 		touched, err = s.applyResponse(ctx, q, row, resp)
 		return err
-	}
-	if s.responseOnce != nil {
-		err = s.responseOnce(ctx, corr.String(), apply)
-	} else {
-		err = pgx.BeginTxFunc(ctx, s.pool, pgx.TxOptions{}, func(tx pgx.Tx) error { return apply(ctx, tx) })
-	}
+	})
 	if err != nil {
 		return dbError("apply directory response", err)
 	}
@@ -295,28 +289,49 @@ func dirOwner(o Owner) *dictv1.Owner {
 	return Entry{Owner: o}.Proto().GetOwner()
 }
 
-// ResendPending sends again the DirectoryRequests of writes that have been
-// waiting longer than age since their key's last request (a request or its
-// response was lost: a dead-lettered or dropped message), at most limit of
-// them, and returns how many it sent. The copy carries the same correlation
-// and request ids, so the directory answers with its first answer (BCB's
-// RequestId rule) and the answer is applied once. Run it periodically, on
-// every instance: two instances re-sending one request at once cost one
-// duplicate, which the directory and the apply-once record absorb.
+// ResendPending sends again the DirectoryRequests of writes whose answer
+// has not come (a request or its response was lost: a dead-lettered or
+// dropped message), at most limit of them, and returns how many it sent. A
+// write's request is due once it (and every copy already sent) reached the
+// broker more than age ago, age doubling with each copy up to 16 times: a
+// request that waited in the outbox (the broker away) has not been waiting
+// for the directory, and a directory behind by more than age (catching up
+// after an outage) gets a few copies per write, not one every age. See
+// queries/entries.sql's StalePendingRequests. The copy carries the same
+// correlation and request ids, so the directory answers with its first
+// answer (BCB's RequestId rule) and the answer is applied once. Run it
+// periodically, on every instance: two instances re-sending one request at
+// once cost one duplicate, which the directory and the apply-once record
+// absorb.
 func (s *Service) ResendPending(ctx context.Context, age time.Duration, limit int) (int, error) {
 	now := s.now().UTC()
-	rows, err := s.q.StalePendingRequests(ctx, sqlc.StalePendingRequestsParams{Since: now.Add(-age), MaxRows: int32(limit)})
+	// The re-send acts for every participant this instance serves.
+	scope := s.workerScope()
+	var rows []sqlc.StalePendingRequestsRow
+	err := s.read(ctx, scope, func(q *sqlc.Queries) (err error) {
+		rows, err = q.StalePendingRequests(ctx, sqlc.StalePendingRequestsParams{AgeSeconds: age.Seconds(), MaxRows: int32(limit)})
+		return err
+	})
 	if err != nil {
 		return 0, dbError("resend pending", err)
 	}
-	for i, r := range rows {
-		if err := s.q.InsertOutbox(ctx, sqlc.InsertOutboxParams{
-			ID: uuid.New(), CreatedAt: now, Topic: r.Topic, PartitionKey: r.PartitionKey, EventType: EventDirectoryRequest,
-			AggregateType: "Entry", AggregateID: r.AggregateID, Participant: r.Participant,
-			ContentType: DirectoryContentType, Payload: r.Payload, Traceparent: r.Traceparent,
-		}); err != nil {
-			return i, dbError("resend pending", err)
+	if len(rows) == 0 {
+		return 0, nil
+	}
+	// One transaction for the round's copies: one commit, not one per row.
+	if err := s.inTx(ctx, "resend pending", scope, func(q *sqlc.Queries) error {
+		for _, r := range rows {
+			if err := q.InsertOutbox(ctx, sqlc.InsertOutboxParams{
+				ID: uuid.New(), CreatedAt: now, Topic: r.Topic, PartitionKey: r.PartitionKey, EventType: EventDirectoryRequest,
+				AggregateType: "Entry", AggregateID: r.AggregateID, Participant: r.Participant,
+				ContentType: DirectoryContentType, Payload: r.Payload, Traceparent: r.Traceparent,
+			}); err != nil {
+				return err
+			}
 		}
+		return nil
+	}); err != nil {
+		return 0, err
 	}
 	if len(rows) > 0 {
 		s.logger.WarnContext(ctx, "directory requests re-sent for writes still pending", "count", len(rows), "after", age.String())

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"log/slog"
+	"strings"
 	"time"
 
 	"github.com/google/uuid"
@@ -28,8 +29,16 @@ type Caller struct {
 
 // ServiceConfig configures a [Service].
 type ServiceConfig struct {
-	// Pool is the PostgreSQL pool; required.
+	// Pool is the PostgreSQL pool; required. It connects as the service's
+	// role, which row-level security applies to (schema/00010_rls.sql):
+	// each transaction sees only its participant set's rows.
 	Pool *pgxpool.Pool
+	// Participants are the ISPBs this instance serves (DICT_PARTICIPANTS):
+	// the participant set of the work that spans them (claim deadlines,
+	// the directory's responses and notices, re-sends, reconciliation).
+	// Requests act for their caller's participant only. Empty: that work
+	// sees no rows.
+	Participants []string
 	// KeyEventsTopic is the topic key events are written for in the outbox.
 	KeyEventsTopic string
 	// ClaimEventsTopic is the topic claim events are written for in the
@@ -132,6 +141,7 @@ type Service struct {
 	lookups        LookupLedger
 	pool           *pgxpool.Pool
 	q              *sqlc.Queries
+	participants   []string
 	topic          string
 	claimTopic     string
 	names          map[string]string
@@ -142,13 +152,14 @@ type Service struct {
 // NewService returns a [Service] over cfg.Pool.
 func NewService(cfg ServiceConfig) *Service {
 	s := &Service{
-		pool:       cfg.Pool,
-		q:          sqlc.New(cfg.Pool),
-		topic:      cfg.KeyEventsTopic,
-		claimTopic: cfg.ClaimEventsTopic,
-		names:      cfg.ParticipantNames,
-		now:        cfg.Now,
-		logger:     cfg.Logger,
+		pool:         cfg.Pool,
+		q:            sqlc.New(cfg.Pool),
+		participants: append([]string(nil), cfg.Participants...),
+		topic:        cfg.KeyEventsTopic,
+		claimTopic:   cfg.ClaimEventsTopic,
+		names:        cfg.ParticipantNames,
+		now:          cfg.Now,
+		logger:       cfg.Logger,
 
 		cache:    cfg.Cache,
 		antiScan: cfg.AntiScan,
@@ -237,7 +248,7 @@ func (s *Service) CreateKey(ctx context.Context, c Caller, in CreateKeyInput) (E
 
 	var out Entry
 	replayed := false
-	err = s.inTx(ctx, "create key", func(q *sqlc.Queries) error {
+	err = s.inTx(ctx, "create key", only(c), func(q *sqlc.Queries) error {
 		if prior, done, err := s.claimRequest(ctx, q, reqID, c.Participant, "CreateKey", fp); err != nil || done {
 			out, replayed = prior, done
 			return err
@@ -287,9 +298,11 @@ func (s *Service) CreateKey(ctx context.Context, c Caller, in CreateKeyInput) (E
 	})
 	if isUniqueViolation(err, "entries_pkey") {
 		// A concurrent create on another account won the key between our
-		// check and insert; report it as the check would have.
-		if row, gerr := s.q.GetEntry(ctx, e.Key); gerr == nil {
-			return Entry{}, conflictFor(entryFromRow(row), c.Participant, e.Owner.TaxID)
+		// check and insert, or another participant of this instance holds
+		// it (its entry is not visible to the caller's participant set);
+		// report it as the check would have.
+		if inSet, sameOwner, ok, gerr := s.keyHolder(ctx, only(c), e.Key, e.Owner.TaxID); gerr == nil && ok {
+			return Entry{}, conflictWith(inSet, sameOwner)
 		}
 		return Entry{}, E(KindConflict, ReasonEntryAlreadyExists, "the key is already registered")
 	}
@@ -359,10 +372,16 @@ func checkKeyOwner(e Entry) error {
 // created: here already, at another participant with the same owner
 // (portability), or with another owner (ownership).
 func conflictFor(existing Entry, participant, taxID string) error {
+	return conflictWith(existing.Account.Participant == participant, existing.Owner.TaxID == taxID)
+}
+
+// conflictWith is [conflictFor] from what is known of the holder: whether
+// it is the caller's participant and whether the owner is the same.
+func conflictWith(sameParticipant, sameOwner bool) error {
 	switch {
-	case existing.Account.Participant == participant && existing.Owner.TaxID == taxID:
+	case sameParticipant && sameOwner:
 		return E(KindConflict, ReasonEntryAlreadyExists, "the key is already registered for this participant")
-	case existing.Owner.TaxID == taxID:
+	case sameOwner:
 		return E(KindConflict, ReasonEntryKeyInCustodyOfDifferentParticipant,
 			"the key is registered at another participant for the same owner; open a PORTABILITY claim")
 	default:
@@ -395,12 +414,16 @@ func (s *Service) GetKey(ctx context.Context, c Caller, t KeyType, key string) (
 	if err != nil {
 		return Entry{}, err
 	}
-	e, err := s.entry(ctx, k)
+	e, err := s.entry(ctx, c, k)
 	if errors.Is(err, errNoOwnEntry) {
 		// An EVP created here is found by the request id that created it:
 		// its key until the directory generated one, and after.
 		if id, perr := uuid.Parse(k); perr == nil && len(k) == 36 {
-			row, qerr := s.q.GetEVPEntryByRequest(ctx, sqlc.GetEVPEntryByRequestParams{RequestID: id, Participant: c.Participant})
+			var row sqlc.Entry
+			qerr := s.read(ctx, only(c), func(q *sqlc.Queries) (err error) {
+				row, err = q.GetEVPEntryByRequest(ctx, sqlc.GetEVPEntryByRequestParams{RequestID: id, Participant: c.Participant})
+				return err
+			})
 			if qerr == nil {
 				return entryFromRow(row), nil
 			}
@@ -431,11 +454,17 @@ func ownEntryForUpdate(ctx context.Context, q *sqlc.Queries, key, participant st
 
 var errNoOwnEntry = E(KindNotFound, ReasonEntryNotFound, "no entry for this key at the caller's participant")
 
-// entry reads one of this PSP's entries (any participant it serves),
-// through the read-through cache when there is one.
-func (s *Service) entry(ctx context.Context, key string) (Entry, error) {
+// entry reads one of the caller participant's entries, through the
+// read-through cache when there is one. The cache holds the entries of
+// every participant this instance serves, so the caller still checks the
+// entry's participant; the database shows only the caller's.
+func (s *Service) entry(ctx context.Context, c Caller, key string) (Entry, error) {
 	load := func(ctx context.Context) (Entry, error) {
-		row, err := s.q.GetEntry(ctx, key)
+		var row sqlc.Entry
+		err := s.read(ctx, only(c), func(q *sqlc.Queries) (err error) {
+			row, err = q.GetEntry(ctx, key)
+			return err
+		})
 		if errors.Is(err, pgx.ErrNoRows) {
 			return Entry{}, errNoOwnEntry
 		}
@@ -490,19 +519,28 @@ func (s *Service) ListKeys(ctx context.Context, c Caller, in ListKeysInput) ([]E
 		if acc, err = acc.Normalize(); err != nil {
 			return nil, "", err
 		}
-		rows, err = s.q.ListEntriesByAccount(ctx, sqlc.ListEntriesByAccountParams{
-			Participant: c.Participant, Branch: acc.Branch, AccountNumber: acc.Number,
-			AccountType: acc.Type.String(), After: after, PageLimit: limit})
+		err = s.read(ctx, only(c), func(q *sqlc.Queries) (err error) {
+			rows, err = q.ListEntriesByAccount(ctx, sqlc.ListEntriesByAccountParams{
+				Participant: c.Participant, Branch: acc.Branch, AccountNumber: acc.Number,
+				AccountType: acc.Type.String(), After: after, PageLimit: limit})
+			return err
+		})
 	case in.OwnerTaxID != "":
 		_, taxID, verr := NormalizeTaxIDAnyType("owner_tax_id", in.OwnerTaxID)
 		if verr != nil {
 			return nil, "", verr
 		}
-		rows, err = s.q.ListEntriesByOwner(ctx, sqlc.ListEntriesByOwnerParams{
-			Participant: c.Participant, OwnerTaxID: taxID, After: after, PageLimit: limit})
+		err = s.read(ctx, only(c), func(q *sqlc.Queries) (err error) {
+			rows, err = q.ListEntriesByOwner(ctx, sqlc.ListEntriesByOwnerParams{
+				Participant: c.Participant, OwnerTaxID: taxID, After: after, PageLimit: limit})
+			return err
+		})
 	default:
-		rows, err = s.q.ListEntriesByParticipant(ctx, sqlc.ListEntriesByParticipantParams{
-			Participant: c.Participant, After: after, PageLimit: limit})
+		err = s.read(ctx, only(c), func(q *sqlc.Queries) (err error) {
+			rows, err = q.ListEntriesByParticipant(ctx, sqlc.ListEntriesByParticipantParams{
+				Participant: c.Participant, After: after, PageLimit: limit})
+			return err
+		})
 	}
 	if err != nil {
 		return nil, "", dbError("list keys", err)
@@ -566,7 +604,7 @@ func (s *Service) UpdateKey(ctx context.Context, c Caller, in UpdateKeyInput) (E
 
 	var out Entry
 	replayed := false
-	err = s.inTx(ctx, "update key", func(q *sqlc.Queries) error {
+	err = s.inTx(ctx, "update key", only(c), func(q *sqlc.Queries) error {
 		if prior, done, err := s.claimRequest(ctx, q, reqID, c.Participant, "UpdateKey", fp); err != nil || done {
 			out, replayed = prior, done
 			return err
@@ -692,7 +730,7 @@ func (s *Service) DeleteKey(ctx context.Context, c Caller, in DeleteKeyInput) (E
 	}{key, in.Reason})
 	var out Entry
 	replayed := false
-	err = s.inTx(ctx, "delete key", func(q *sqlc.Queries) error {
+	err = s.inTx(ctx, "delete key", only(c), func(q *sqlc.Queries) error {
 		if prior, done, err := s.claimRequest(ctx, q, reqID, c.Participant, "DeleteKey", fp); err != nil || done {
 			out, replayed = prior, done
 			return err
@@ -785,34 +823,51 @@ func (s *Service) LookupKey(ctx context.Context, c Caller, in LookupInput) (Entr
 	if err := ValidateEndToEndID(in.EndToEndID, c.Participant); err != nil {
 		return Entry{}, PayerView{}, err
 	}
-	if s.antiScan != nil {
-		if err := s.antiScan.Admit(ctx, c.Participant, payerType, payerID); err != nil {
-			return Entry{}, PayerView{}, err
-		}
-	}
-	e, err := s.entry(ctx, key)
-	if errors.Is(err, errNoOwnEntry) || (err == nil && (e.Account.Participant != c.Participant || !e.inDirectory())) {
-		// Not the caller's own key: BCB's answer, through the directory.
-		e, err = s.lookupDirectory(ctx, c, key, payerID, in.EndToEndID)
-	}
-	found := err == nil
-	if err != nil && !errors.Is(err, errKeyNotInDirectory) {
+	// The caller's own entry first (the entry cache answers it from this
+	// process's memory): an own key is answered here, never sent, and is
+	// admitted and charged in one step. Nothing is answered before the
+	// payer's bucket admits the lookup.
+	e, err := s.entry(ctx, c, key)
+	own := err == nil && e.Account.Participant == c.Participant && e.inDirectory()
+	if err != nil && !errors.Is(err, errNoOwnEntry) {
 		return Entry{}, PayerView{}, err
 	}
-	if s.antiScan != nil {
-		if err := s.antiScan.Settle(ctx, c.Participant, payerType, payerID, found); err != nil {
+	sent := false
+	if own {
+		if s.antiScan != nil {
+			if err := s.antiScan.TakeOwn(ctx, payerType, payerID); err != nil {
+				return Entry{}, PayerView{}, err
+			}
+		}
+	} else {
+		// Not the caller's own key: BCB's answer, through the directory
+		// (or its cache), once the payer's bucket admits it; the
+		// participant's bucket admits it before it is sent.
+		if s.antiScan != nil {
+			if err := s.antiScan.AdmitPayer(ctx, payerType, payerID); err != nil {
+				return Entry{}, PayerView{}, err
+			}
+		}
+		e, err = s.lookupDirectory(ctx, c, key, payerID, in.EndToEndID, &sent)
+		found := err == nil
+		if err != nil && !errors.Is(err, errKeyNotInDirectory) {
 			return Entry{}, PayerView{}, err
 		}
-	}
-	if !found {
-		return Entry{}, PayerView{}, errKeyNotInDirectory
+		if s.antiScan != nil {
+			if err := s.antiScan.SettleLookup(ctx, c.Participant, payerType, payerID, found, sent); err != nil {
+				return Entry{}, PayerView{}, err
+			}
+		}
+		if !found {
+			return Entry{}, PayerView{}, errKeyNotInDirectory
+		}
 	}
 	if s.counter != nil {
 		s.counter.Incr(ctx, e.Key, 1)
 	}
 	if s.lookups != nil {
 		// Best effort: without it, the payment that follows earns no credit.
-		if err := s.lookups.Put(ctx, lookupLedgerKey(c.Participant, in.EndToEndID, payerID), e.Key); err != nil {
+		if err := s.lookups.Put(ctx, lookupLedgerKey(c.Participant, in.EndToEndID, payerID), ledgerValue(e.Key, sent)); err != nil {
 			s.logger.WarnContext(ctx, "lookup not remembered for the payment credit", "err", err)
 		}
 	}
@@ -831,12 +886,20 @@ var errKeyNotInDirectory = E(KindNotFound, ReasonEntryNotFound, "the key has no 
 // about legal persons' keys are cached for at most 180 s, shared across
 // instances with one directory call per key at a time; natural persons'
 // keys are never cached (DOMAIN.md).
-func (s *Service) lookupDirectory(ctx context.Context, c Caller, key, payerID, e2e string) (Entry, error) {
+// *sent tells whether the lookup went to the DICT (not answered by the
+// cache), after the participant's anti-scanning bucket admitted it.
+func (s *Service) lookupDirectory(ctx context.Context, c Caller, key, payerID, e2e string, sent *bool) (Entry, error) {
 	if s.directory == nil {
 		return Entry{}, errDirectoryNotWired
 	}
 	load := func(ctx context.Context) (Entry, bool, error) {
+		if s.antiScan != nil {
+			if err := s.antiScan.AdmitParticipant(ctx, c.Participant); err != nil {
+				return Entry{}, false, err
+			}
+		}
 		e, found, err := s.directory.Lookup(ctx, c.Participant, key, payerID, e2e)
+		*sent = err == nil
 		if err != nil {
 			return Entry{}, false, err
 		}
@@ -867,17 +930,31 @@ func (s *Service) CreditPayment(ctx context.Context, c Caller, payerID, endToEnd
 	if s.lookups == nil || s.antiScan == nil {
 		return false, E(KindUnavailable, ReasonUnavailable, "payment credits are not available on this instance")
 	}
-	_, ok, err := s.lookups.Take(ctx, lookupLedgerKey(c.Participant, endToEndID, payer))
+	v, ok, err := s.lookups.Take(ctx, lookupLedgerKey(c.Participant, endToEndID, payer))
 	if err != nil {
 		return false, &Error{Kind: KindUnavailable, Reason: ReasonUnavailable, Msg: "payment credits are unavailable; retry later", Err: err}
 	}
 	if !ok {
 		return false, nil
 	}
-	if err := s.antiScan.CreditPayment(ctx, c.Participant, payerType, payer); err != nil {
+	if err := s.antiScan.CreditPayment(ctx, c.Participant, payerType, payer, !strings.HasPrefix(v, ledgerAnsweredHere)); err != nil {
 		return false, err
 	}
 	return true, nil
+}
+
+// ledgerAnsweredHere marks, in the lookup ledger, a lookup answered here
+// (an own key, a cached answer), which the participant's bucket was not
+// charged for, so its payment credits only the payer's. A value without it
+// (a lookup sent to the DICT, or one remembered before the mark existed)
+// credits both. No normalized key starts with it.
+const ledgerAnsweredHere = "~"
+
+func ledgerValue(key string, sent bool) string {
+	if sent {
+		return key
+	}
+	return ledgerAnsweredHere + key
 }
 
 // lookupLedgerKey names a lookup by who made it, for whom and for which
@@ -896,7 +973,8 @@ func (s *Service) ApplyLookupCounts(ctx context.Context, batchID string, counts 
 		ns = append(ns, n)
 	}
 	now := s.now().UTC()
-	return s.inTx(ctx, "apply lookup counts", func(q *sqlc.Queries) error {
+	// The lookup statistics are PSP-wide (no participant's rows).
+	return s.inTx(ctx, "apply lookup counts", nil, func(q *sqlc.Queries) error {
 		n, err := q.ClaimLookupBatch(ctx, sqlc.ClaimLookupBatchParams{BatchID: batchID, AppliedAt: now})
 		if err != nil || n == 0 {
 			return err
@@ -907,7 +985,11 @@ func (s *Service) ApplyLookupCounts(ctx context.Context, batchID string, counts 
 
 // LookupCount is how many lookups of key have been flushed to PostgreSQL.
 func (s *Service) LookupCount(ctx context.Context, key string) (int64, error) {
-	n, err := s.q.GetLookupCount(ctx, key)
+	var n int64
+	err := s.read(ctx, nil, func(q *sqlc.Queries) (err error) {
+		n, err = q.GetLookupCount(ctx, key)
+		return err
+	})
 	if errors.Is(err, pgx.ErrNoRows) {
 		return 0, nil
 	}
@@ -947,7 +1029,11 @@ func (s *Service) CheckKeys(ctx context.Context, c Caller, keys []string) ([]Key
 	if err := v.err(); err != nil {
 		return nil, err
 	}
-	found, err := s.q.OwnEntriesExist(ctx, sqlc.OwnEntriesExistParams{Participant: c.Participant, Keys: norm})
+	var found []string
+	err := s.read(ctx, only(c), func(q *sqlc.Queries) (err error) {
+		found, err = q.OwnEntriesExist(ctx, sqlc.OwnEntriesExistParams{Participant: c.Participant, Keys: norm})
+		return err
+	})
 	if err != nil {
 		return nil, dbError("check keys", err)
 	}
@@ -997,11 +1083,15 @@ type SyncStatus struct {
 // entries (aggregated from the stored CIDs, so always current), their count
 // and the last check against the directory.
 func (s *Service) GetSyncStatus(ctx context.Context, c Caller) ([]SyncStatus, error) {
-	rows, err := s.q.VSyncByKeyType(ctx, c.Participant)
-	if err != nil {
-		return nil, dbError("sync status", err)
-	}
-	checks, err := s.q.LatestSyncChecks(ctx, c.Participant)
+	var rows []sqlc.VSyncByKeyTypeRow
+	var checks []sqlc.LatestSyncChecksRow
+	err := s.read(ctx, only(c), func(q *sqlc.Queries) (err error) {
+		if rows, err = q.VSyncByKeyType(ctx, c.Participant); err != nil {
+			return err
+		}
+		checks, err = q.LatestSyncChecks(ctx, c.Participant)
+		return err
+	})
 	if err != nil {
 		return nil, dbError("sync status", err)
 	}
@@ -1035,6 +1125,11 @@ func (s *Service) claimRequest(ctx context.Context, q *sqlc.Queries, id uuid.UUI
 		return Entry{}, false, nil
 	}
 	prior, err := q.GetRequest(ctx, id)
+	if errors.Is(err, pgx.ErrNoRows) {
+		// Taken by another participant's request, which this
+		// transaction's participant set does not see.
+		prior, err = sqlc.Request{}, nil
+	}
 	if err != nil {
 		return Entry{}, false, err
 	}

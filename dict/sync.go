@@ -114,10 +114,14 @@ func (s *Service) RunDueSyncChecks(ctx context.Context, participants []string, i
 	for _, p := range participants {
 		for _, t := range KeyTypes {
 			now := s.now().UTC()
-			n, err := s.q.ClaimSyncCheck(ctx, sqlc.ClaimSyncCheckParams{Participant: p, KeyType: t.String(),
-				NextCheckAt: now.Add(min(interval, syncLease)), Now: now})
+			var n int64
+			err := s.inTx(ctx, "claim sync check", s.workerScope(p), func(q *sqlc.Queries) (err error) {
+				n, err = q.ClaimSyncCheck(ctx, sqlc.ClaimSyncCheckParams{Participant: p, KeyType: t.String(),
+					NextCheckAt: now.Add(min(interval, syncLease)), Now: now})
+				return err
+			})
 			if err != nil {
-				errs = append(errs, dbError("claim sync check", err))
+				errs = append(errs, err)
 				continue
 			}
 			if n == 0 {
@@ -132,8 +136,10 @@ func (s *Service) RunDueSyncChecks(ctx context.Context, participants []string, i
 			if err != nil {
 				errs = append(errs, err)
 			}
-			if err := s.q.SetSyncCheckDue(ctx, sqlc.SetSyncCheckDueParams{NextCheckAt: next, Participant: p, KeyType: t.String()}); err != nil {
-				errs = append(errs, dbError("schedule sync check", err))
+			if err := s.inTx(ctx, "schedule sync check", s.workerScope(p), func(q *sqlc.Queries) error {
+				return q.SetSyncCheckDue(ctx, sqlc.SetSyncCheckDueParams{NextCheckAt: next, Participant: p, KeyType: t.String()})
+			}); err != nil {
+				errs = append(errs, err)
 			}
 		}
 	}
@@ -168,7 +174,11 @@ func (s *Service) CheckSync(ctx context.Context, participant string, t KeyType) 
 
 	// Changes recorded after this point may be newer than the list: the
 	// repair leaves their keys alone.
-	watermark, err := s.q.AuditWatermark(ctx)
+	var watermark int64
+	err = s.read(ctx, s.workerScope(participant), func(q *sqlc.Queries) (err error) {
+		watermark, err = q.AuditWatermark(ctx)
+		return err
+	})
 	if err != nil {
 		return ck, dbError("sync check", err)
 	}
@@ -195,7 +205,11 @@ func (s *Service) CheckSync(ctx context.Context, participant string, t KeyType) 
 }
 
 func (s *Service) compareVSync(ctx context.Context, dir SyncDirectory, participant string, t KeyType) (SyncCheck, error) {
-	local, err := s.q.LocalVSync(ctx, sqlc.LocalVSyncParams{Participant: participant, KeyType: t.String()})
+	var local sqlc.LocalVSyncRow
+	err := s.read(ctx, s.workerScope(participant), func(q *sqlc.Queries) (err error) {
+		local, err = q.LocalVSync(ctx, sqlc.LocalVSyncParams{Participant: participant, KeyType: t.String()})
+		return err
+	})
 	if err != nil {
 		return SyncCheck{}, dbError("sync check", err)
 	}
@@ -211,16 +225,14 @@ func (s *Service) compareVSync(ctx context.Context, dir SyncDirectory, participa
 }
 
 func (s *Service) recordSyncCheck(ctx context.Context, ck SyncCheck) error {
-	err := s.q.InsertSyncCheck(ctx, sqlc.InsertSyncCheckParams{
-		Participant: ck.Participant, KeyType: ck.KeyType.String(), CheckedAt: ck.At,
-		LocalVsync: ck.LocalVSync, DictVsync: ck.DictVSync, Result: ck.Result,
-		Entries: ck.Entries, DictEntries: ck.DictEntries,
-		Added: int32(ck.Added), Updated: int32(ck.Updated), Removed: int32(ck.Removed), Skipped: int32(ck.Skipped),
+	return s.inTx(ctx, "record sync check", s.workerScope(ck.Participant), func(q *sqlc.Queries) error {
+		return q.InsertSyncCheck(ctx, sqlc.InsertSyncCheckParams{
+			Participant: ck.Participant, KeyType: ck.KeyType.String(), CheckedAt: ck.At,
+			LocalVsync: ck.LocalVSync, DictVsync: ck.DictVSync, Result: ck.Result,
+			Entries: ck.Entries, DictEntries: ck.DictEntries,
+			Added: int32(ck.Added), Updated: int32(ck.Updated), Removed: int32(ck.Removed), Skipped: int32(ck.Skipped),
+		})
 	})
-	if err != nil {
-		return dbError("record sync check", err)
-	}
-	return nil
 }
 
 // errSyncSkip leaves a difference to the next check: the key changed since
@@ -230,7 +242,14 @@ var errSyncSkip = E(KindPrecondition, "SyncRepairSkipped", "the key is changing;
 // repairSync makes participant's entries of type t match list, the
 // directory's copy, one key per transaction.
 func (s *Service) repairSync(ctx context.Context, participant string, t KeyType, list []Entry, watermark int64) (SyncCheck, error) {
-	rows, err := s.q.SyncLocalEntries(ctx, sqlc.SyncLocalEntriesParams{Participant: participant, KeyType: t.String()})
+	// Reconciliation acts for the participants this instance serves: a key
+	// may have moved between two of them.
+	scope := s.workerScope(participant)
+	var rows []sqlc.Entry
+	err := s.read(ctx, scope, func(q *sqlc.Queries) (err error) {
+		rows, err = q.SyncLocalEntries(ctx, sqlc.SyncLocalEntriesParams{Participant: participant, KeyType: t.String()})
+		return err
+	})
 	if err != nil {
 		return SyncCheck{}, dbError("sync repair", err)
 	}
@@ -275,12 +294,12 @@ func (s *Service) repairSync(ctx context.Context, participant string, t KeyType,
 			// by its request id here.
 			rep.Skipped++
 		case !ok || r.Status == EntryStatusFailed.String():
-			count(d.Key, s.syncInsert(ctx, run, d, watermark), &rep.Added)
+			count(d.Key, s.syncInsert(ctx, scope, run, d, watermark), &rep.Added)
 		case r.Cid == d.CID && sameSyncData(entryFromRow(r), d):
 		case r.Status != EntryStatusActive.String() || r.PendingOp.Valid:
 			rep.Skipped++
 		default:
-			count(d.Key, s.syncOverwrite(ctx, run, r.Cid, d, watermark), &rep.Updated)
+			count(d.Key, s.syncOverwrite(ctx, scope, run, r.Cid, d, watermark), &rep.Updated)
 		}
 	}
 	for _, r := range rows {
@@ -291,7 +310,7 @@ func (s *Service) repairSync(ctx context.Context, participant string, t KeyType,
 			rep.Skipped++
 			continue
 		}
-		count(r.Key, s.syncRemove(ctx, run, r.Key, r.Cid, watermark), &rep.Removed)
+		count(r.Key, s.syncRemove(ctx, scope, run, r.Key, r.Cid, watermark), &rep.Removed)
 	}
 	return rep, nil
 }
@@ -325,7 +344,7 @@ func syncGuard(ctx context.Context, q *sqlc.Queries, key string, watermark int64
 
 // syncInsert writes the directory's entry d, which this side lacks (or
 // holds only as a refused create).
-func (s *Service) syncInsert(ctx context.Context, run uuid.UUID, d Entry, watermark int64) error {
+func (s *Service) syncInsert(ctx context.Context, scope []string, run uuid.UUID, d Entry, watermark int64) error {
 	now := s.now().UTC().Truncate(time.Microsecond)
 	after := d
 	after.Status, after.PendingOp, after.FailureReason, after.FailureMessage = EntryStatusActive, "", "", ""
@@ -337,7 +356,7 @@ func (s *Service) syncInsert(ctx context.Context, run uuid.UUID, d Entry, waterm
 		after.KeyOwnedSince = after.CreatedAt
 	}
 	c := Caller{Participant: d.Account.Participant, Subject: syncSubject}
-	err := s.inTx(ctx, "sync repair", func(q *sqlc.Queries) error {
+	err := s.inTx(ctx, "sync repair", scope, func(q *sqlc.Queries) error {
 		if err := syncGuard(ctx, q, d.Key, watermark); err != nil {
 			return err
 		}
@@ -374,11 +393,11 @@ func (s *Service) syncInsert(ctx context.Context, run uuid.UUID, d Entry, waterm
 
 // syncOverwrite replaces this side's ACTIVE copy of an entry (whose CID was
 // seenCID) with the directory's d.
-func (s *Service) syncOverwrite(ctx context.Context, run uuid.UUID, seenCID string, d Entry, watermark int64) error {
+func (s *Service) syncOverwrite(ctx context.Context, scope []string, run uuid.UUID, seenCID string, d Entry, watermark int64) error {
 	now := s.now().UTC().Truncate(time.Microsecond)
 	c := Caller{Participant: d.Account.Participant, Subject: syncSubject}
 	var after Entry
-	err := s.inTx(ctx, "sync repair", func(q *sqlc.Queries) error {
+	err := s.inTx(ctx, "sync repair", scope, func(q *sqlc.Queries) error {
 		if err := syncGuard(ctx, q, d.Key, watermark); err != nil {
 			return err
 		}
@@ -429,9 +448,9 @@ func (s *Service) syncOverwrite(ctx context.Context, run uuid.UUID, seenCID stri
 
 // syncRemove deletes this side's ACTIVE entry key (whose CID was seenCID),
 // which the directory does not hold.
-func (s *Service) syncRemove(ctx context.Context, run uuid.UUID, key, seenCID string, watermark int64) error {
+func (s *Service) syncRemove(ctx context.Context, scope []string, run uuid.UUID, key, seenCID string, watermark int64) error {
 	now := s.now().UTC().Truncate(time.Microsecond)
-	err := s.inTx(ctx, "sync repair", func(q *sqlc.Queries) error {
+	err := s.inTx(ctx, "sync repair", scope, func(q *sqlc.Queries) error {
 		if err := syncGuard(ctx, q, key, watermark); err != nil {
 			return err
 		}
