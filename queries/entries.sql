@@ -112,12 +112,31 @@ UPDATE entries SET
 WHERE key = @key;
 
 -- name: StalePendingRequests :many
--- The DirectoryRequests of writes still pending whose key has had no
--- request sent since @since (a request or its response was lost).
-SELECT o.topic, o.partition_key, o.aggregate_id, o.participant, o.payload, o.traceparent
-FROM entries e JOIN outbox o ON o.id = e.pending_correlation
-WHERE e.status = 'PENDING' AND o.published_at IS NOT NULL
-  AND NOT EXISTS (SELECT 1 FROM outbox r WHERE r.aggregate_id = e.key AND r.event_type = 'DirectoryRequest'
-                  AND r.created_at > @since)
-ORDER BY o.created_at
+-- The DirectoryRequests of writes still pending that have waited long enough
+-- for the directory's answer to be sent again (a request or its response was
+-- lost). A write's requests are its first one and the re-sends made since
+-- (the same key's, later in the outbox). The wait counts from when they
+-- reached the broker, not from when they were written: a request is due
+-- only once all of them are published (one still in the outbox, as during a
+-- broker outage, has not reached the directory, and a copy would only queue
+-- behind it) and the last one was published longer ago than @age_seconds,
+-- doubled for every re-send already made (at most 16 times), so that a
+-- directory working through a backlog slower than the age gets a few copies
+-- rather than one per age and key. published_at is the database's clock, so
+-- the age is measured with it too.
+WITH pending AS (
+    SELECT e.key, o.seq, o.created_at, o.topic, o.partition_key, o.aggregate_id, o.participant, o.payload, o.traceparent
+    FROM entries e JOIN outbox o ON o.id = e.pending_correlation
+    WHERE e.status = 'PENDING' AND o.published_at IS NOT NULL
+), sent AS (
+    SELECT p.key, max(r.published_at) AS last_published, bool_and(r.published_at IS NOT NULL) AS all_published,
+           power(2, least(count(*) - 1, 4)) AS backoff
+    FROM pending p JOIN outbox r ON r.aggregate_id = p.key AND r.event_type = 'DirectoryRequest' AND r.seq >= p.seq
+    GROUP BY p.key
+)
+SELECT p.topic, p.partition_key, p.aggregate_id, p.participant, p.payload, p.traceparent
+FROM pending p JOIN sent s ON s.key = p.key
+WHERE s.all_published
+  AND s.last_published < now() - interval '1 second' * s.backoff * @age_seconds::float8
+ORDER BY p.created_at
 LIMIT @max_rows::int;

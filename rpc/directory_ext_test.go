@@ -1,6 +1,7 @@
 package rpc_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -84,7 +85,9 @@ func directoryOf(db *testdb.DB) (*testDirectory, error) {
 		return nil, err
 	}
 	cons, err := bus.NewConsumer([]string{reqTopic(db)}, eventbus.WithSubscription("test-directory", pulsar.Shared),
-		eventbus.WithDeadLetter("", 0), eventbus.WithWorkers(8))
+		// Each answer is a synchronous publish: enough workers that the directory keeps up with a
+		// backlog (a broker back after an outage delivers hundreds of requests at once).
+		eventbus.WithDeadLetter("", 0), eventbus.WithWorkers(32))
 	if err != nil {
 		return nil, err
 	}
@@ -730,4 +733,117 @@ func TestLostRequestIsSentAgain(t *testing.T) {
 	if n := countRows(t, "outbox", "aggregate_id = $1 AND event_type = 'KeyCreated'", email); n != 1 {
 		t.Errorf("%d KeyCreated events, want 1", n)
 	}
+}
+
+// TestResendWaitsForPublicationAndBacksOff: a pending write's DirectoryRequest
+// is sent again only once it has waited the re-send age since it reached the
+// broker, not since it was written: a request written long ago but still in
+// the outbox (the broker away) gets no copy, nor does one the relay published
+// just now (the backlog draining after an outage, the directory still busy
+// with it). Once one is overdue it gets a copy, the next copy waits twice as
+// long, and a confirmed write gets none. (Before, a request written more than
+// the age ago was copied as soon as it was published, and again every age: a
+// broker outage ended in a flood of copies that kept the directory's backlog
+// growing, and writes stayed PENDING.)
+func TestResendWaitsForPublicationAndBacksOff(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	// A database of its own, with no relay or directory link: nothing is published or re-sent
+	// but what the test does.
+	db := outboxDB(t, "rpcresend")
+	svc := dict.NewService(dict.ServiceConfig{Pool: db.App, Participants: []string{partA},
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	const age = time.Minute
+	resend := func(want int) {
+		t.Helper()
+		n, err := svc.ResendPending(ctx, age, 100)
+		if err != nil {
+			t.Fatalf("ResendPending: %v", err)
+		}
+		if n != want {
+			t.Fatalf("ResendPending re-sent %d requests, want %d", n, want)
+		}
+	}
+	exec := func(sql string, args ...any) {
+		t.Helper()
+		if _, err := db.Pool.Exec(ctx, sql, args...); err != nil {
+			t.Fatalf("%s: %v", sql, err)
+		}
+	}
+	type request struct {
+		id        string
+		published bool
+		payload   []byte
+	}
+	requests := func(key string) []request {
+		t.Helper()
+		rows, err := db.Pool.Query(ctx, `SELECT id::text, published_at IS NOT NULL, payload FROM outbox
+			WHERE aggregate_id = $1 AND event_type = 'DirectoryRequest' ORDER BY seq`, key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer rows.Close()
+		var out []request
+		for rows.Next() {
+			var r request
+			if err := rows.Scan(&r.id, &r.published, &r.payload); err != nil {
+				t.Fatal(err)
+			}
+			out = append(out, r)
+		}
+		return out
+	}
+	published := func(id string, ago time.Duration) {
+		t.Helper()
+		exec("UPDATE outbox SET published_at = now() - $2 * interval '1 second' WHERE id = $1", id, ago.Seconds())
+	}
+
+	in := dict.EntryFromProto(&dictv1.Entry{Account: account(partA), Owner: naturalOwner(newCPF())})
+	reqID := uuid.NewString()
+	e, err := svc.CreateKey(ctx, dict.Caller{Participant: partA, Subject: "test"}, dict.CreateKeyInput{
+		RequestID: reqID, KeyType: dict.KeyTypeEmail, Key: newEmail(), Account: in.Account, Owner: in.Owner})
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := requests(e.Key)
+	if len(first) != 1 {
+		t.Fatalf("%d DirectoryRequests after the create, want 1", len(first))
+	}
+	// Written ten minutes ago, the broker away since: nothing reached the directory yet.
+	exec("UPDATE outbox SET created_at = now() - interval '10 minutes' WHERE id = $1", first[0].id)
+	resend(0)
+	// Published just now, as the outbox drains: the directory has not had the time to answer.
+	published(first[0].id, 0)
+	resend(0)
+	// Published longer ago than the age: one copy, the same request.
+	published(first[0].id, 2*age)
+	resend(1)
+	got := requests(e.Key)
+	if len(got) != 2 || got[1].published || !bytes.Equal(got[1].payload, first[0].payload) {
+		t.Fatalf("after the re-send: %+v, want the first request published and an unpublished copy of it", got)
+	}
+	// The copy still in the outbox: another would only queue behind it.
+	resend(0)
+	// The copy published one and a half ages ago: the second copy waits two.
+	published(got[1].id, 3*age/2)
+	resend(0)
+	published(got[1].id, 5*age/2)
+	resend(1)
+	if got := requests(e.Key); len(got) != 3 {
+		t.Fatalf("%d DirectoryRequests after the second re-send, want 3", len(got))
+	}
+
+	// Confirmed, the write has nothing left to re-send, however old its requests.
+	var corr string
+	if err := db.Pool.QueryRow(ctx, "SELECT pending_correlation::text FROM entries WHERE key = $1", e.Key).Scan(&corr); err != nil {
+		t.Fatal(err)
+	}
+	confirmed := e.Proto()
+	confirmed.Status = dictv1.EntryStatus_ENTRY_STATUS_ACTIVE
+	if err := svc.ApplyDirectoryResponse(ctx, &dictv1.DirectoryResponse{CorrelationId: corr, Participant: partA, RequestId: reqID,
+		Result: &dictv1.DirectoryResponse_Entry{Entry: confirmed}}); err != nil {
+		t.Fatal(err)
+	}
+	exec("UPDATE outbox SET published_at = now() - interval '1 hour' WHERE aggregate_id = $1", e.Key)
+	resend(0)
 }

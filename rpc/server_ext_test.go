@@ -133,7 +133,15 @@ type stackOptions struct {
 	tp    trace.TracerProvider
 	// directoryTimeout bounds a lookup's wait (default dictbus's).
 	directoryTimeout time.Duration
-	interceptors     []connect.Interceptor
+	// resendAfter is the link's re-send age of unanswered writes (default
+	// 3 s, so that TestLostRequestIsSentAgain need not wait long).
+	resendAfter  time.Duration
+	interceptors []connect.Interceptor
+	// logger, when set, replaces the discarding logger of the service and
+	// the server (the hostile-input suite reads what they log).
+	logger *slog.Logger
+	// auth, when set, replaces the HS256 apiSecret authenticator.
+	auth *rpc.Authenticator
 }
 
 // newStackOpts builds a stack as the production wiring does: the service
@@ -151,10 +159,14 @@ func newStackOpts(db *testdb.DB, redisURL string, o stackOptions) (*stack, error
 	if _, err := directoryOf(db); err != nil {
 		return nil, err
 	}
-	link, err := dictbus.New(bus, db.Pool, dictbus.Config{
+	resendAfter := o.resendAfter
+	if resendAfter == 0 {
+		resendAfter = 3 * time.Second
+	}
+	link, err := dictbus.New(bus, db.App, dictbus.Config{
 		RequestTopic: reqTopic(db), ResponseTopic: resTopic(db),
 		ReplyTopic:   dictbus.ReplyTopic(resTopic(db), uuid.NewString()[:8]),
-		Subscription: "core-dict-test", Timeout: o.directoryTimeout, ResendAfter: 3 * time.Second,
+		Subscription: "core-dict-test", Timeout: o.directoryTimeout, ResendAfter: resendAfter,
 	})
 	if err != nil {
 		return nil, err
@@ -171,9 +183,16 @@ func newStackOpts(db *testdb.DB, redisURL string, o stackOptions) (*stack, error
 		return nil, err
 	}
 	logger := slog.New(slog.NewJSONHandler(io.Discard, nil))
+	if o.logger != nil {
+		logger = o.logger
+	}
+	if o.auth != nil {
+		auth = o.auth
+	}
 	st := &stack{registry: prometheus.NewRegistry()}
 	cfg := dict.ServiceConfig{
-		Pool:             db.Pool,
+		Pool:             db.App,
+		Participants:     []string{partA, partB},
 		Logger:           logger,
 		ParticipantNames: map[string]string{partA: "Banco A"},
 		Directory:        dir,
