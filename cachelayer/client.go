@@ -11,6 +11,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/rueidis"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // ErrUnavailable means the [Client] has no working connection to Redis right now: it was unreachable at
@@ -34,6 +35,7 @@ type Option func(*clientSettings)
 type clientSettings struct {
 	reg    prometheus.Registerer
 	logger *slog.Logger
+	tp     trace.TracerProvider // see WithTracerProvider (tracing.go)
 }
 
 // WithRegisterer registers the client's metrics (see metrics.go) on reg.
@@ -64,6 +66,7 @@ type Client struct {
 	opt     rueidis.ClientOption
 	logger  *slog.Logger
 	metrics *metricsSet
+	tp      trace.TracerProvider // nil: otel's global provider
 
 	rc    atomic.Pointer[clientConn]
 	up    atomic.Bool
@@ -109,6 +112,7 @@ func NewClient(ctx context.Context, cfg Config, opts ...Option) (*Client, error)
 		cfg:     cfg,
 		logger:  s.logger,
 		metrics: m,
+		tp:      s.tp,
 		kick:    make(chan struct{}, 1),
 		stop:    make(chan struct{}),
 		done:    make(chan struct{}),
@@ -265,7 +269,7 @@ func (c *Client) clientConnect() bool {
 			c.logger.Debug("Redis connection attempt failed", "err", err)
 			return false
 		}
-		rc = &clientConn{r}
+		rc = &clientConn{traceRedis(r, c.tp)}
 		c.rc.Store(rc)
 	}
 	ctx, cancel := clientOpCtx(context.Background(), c.cfg.DialTimeout+c.cfg.WriteTimeout)

@@ -40,6 +40,7 @@ import (
 	"github.com/lbpay-lab/core-dict/dict"
 	"github.com/lbpay-lab/core-dict/dictsim/store"
 	"github.com/lbpay-lab/core-dict/eventbus"
+	"github.com/lbpay-lab/core-dict/internal/telemetry"
 	dictv1 "github.com/lbpay-lab/core-dict/rpc/dict/v1"
 )
 
@@ -127,7 +128,13 @@ func New(ctx context.Context, cfg Config) (*Sim, error) {
 	if cfg.Pool != nil {
 		s.pool = cfg.Pool
 	} else {
-		pool, err := pgxpool.New(ctx, cfg.DatabaseURL)
+		pc, err := pgxpool.ParseConfig(cfg.DatabaseURL)
+		if err != nil {
+			return nil, errors.New("DICTSIM_DATABASE_URL: not a valid PostgreSQL URL")
+		}
+		// A span per query handled inside a request's trace (otel's global provider).
+		pc.ConnConfig.Tracer = telemetry.NewPGXTracer(nil)
+		pool, err := pgxpool.NewWithConfig(ctx, pc)
 		if err != nil {
 			return nil, fmt.Errorf("DICTSIM_DATABASE_URL: %w", err)
 		}
@@ -237,7 +244,11 @@ func (s *Sim) handle(ctx context.Context, d eventbus.Delivery) error {
 }
 
 // process decides req in one transaction, or finds its stored answer.
+// Reads take a shorter path ([Sim.processRead]).
 func (s *Sim) process(ctx context.Context, req *dictv1.DirectoryRequest, partitionKey string) (a answer, replayed bool, err error) {
+	if !isWrite(req) {
+		return s.processRead(ctx, req, partitionKey)
+	}
 	tx, err := s.pool.Begin(ctx)
 	if err != nil {
 		return a, false, err
@@ -295,6 +306,84 @@ func (s *Sim) process(ctx context.Context, req *dictv1.DirectoryRequest, partiti
 		return a, false, err
 	}
 	return a, false, tx.Commit(ctx)
+}
+
+// processRead answers a read (get_entry, check_keys, get_vsync,
+// list_cids), or finds its stored answer, without a transaction: a read
+// changes no row, so it needs neither the correlation id's lock nor a
+// savepoint, only the record of its answer, so that a redelivered lookup
+// gets the same answer and is not charged to the anti-scanning buckets
+// twice. Key_Shared delivery hands one key's requests to one consumer in
+// order, so one correlation id is not processed twice at once; should it
+// be (a redelivery racing its first delivery), the first answer recorded
+// is the one both send.
+func (s *Sim) processRead(ctx context.Context, req *dictv1.DirectoryRequest, partitionKey string) (a answer, replayed bool, err error) {
+	q := store.New(s.pool)
+	corr := req.GetCorrelationId()
+	if p, err := q.GetProcessed(ctx, corr); err == nil {
+		a, err := answerFromRow(p)
+		return a, true, err
+	} else if !errors.Is(err, pgx.ErrNoRows) {
+		return a, false, err
+	}
+	a = answer{replyTo: req.GetReplyTo(), partitionKey: partitionKey}
+	res := s.header(req)
+	op := &operation{sim: s, q: q, req: req, now: res.GetAnsweredAt().AsTime(), res: res}
+	if a.response, err = refusalOr(res, op.run(ctx), op.now); err != nil {
+		return a, false, err
+	}
+	b, err := proto.Marshal(a.response)
+	if err != nil {
+		return a, false, err
+	}
+	n, err := q.InsertProcessed(ctx, store.InsertProcessedParams{
+		CorrelationID: corr, Participant: req.GetParticipant(), Operation: operationName(req),
+		ReplyTo: a.replyTo, PartitionKey: partitionKey, Response: b, ProcessedAt: s.now(),
+	})
+	if err != nil {
+		return a, false, err
+	}
+	if n == 0 { // another delivery recorded its answer first: send that one
+		p, err := q.GetProcessed(ctx, corr)
+		if err != nil {
+			return a, false, err
+		}
+		a, err := answerFromRow(p)
+		return a, true, err
+	}
+	return a, false, nil
+}
+
+// header is the response to req without its result.
+func (s *Sim) header(req *dictv1.DirectoryRequest) *dictv1.DirectoryResponse {
+	return &dictv1.DirectoryResponse{
+		CorrelationId: req.GetCorrelationId(),
+		Participant:   req.GetParticipant(),
+		RequestId:     req.GetRequestId(),
+		AnsweredAt:    timestamppb.New(s.now().UTC().Truncate(time.Microsecond)),
+	}
+}
+
+// refusalOr is res when the operation succeeded (err nil), the
+// DirectoryError of a refusal (a [dict.Error] other than Internal), or
+// err itself, which fails the request (it is redelivered).
+func refusalOr(res *dictv1.DirectoryResponse, err error, now time.Time) (*dictv1.DirectoryResponse, error) {
+	var de *dict.Error
+	switch {
+	case err == nil:
+		return res, nil
+	case errors.As(err, &de) && de.Kind != dict.KindInternal:
+		out := &dictv1.DirectoryResponse{
+			CorrelationId: res.CorrelationId, Participant: res.Participant, RequestId: res.RequestId, AnsweredAt: res.AnsweredAt,
+			Error: &dictv1.DirectoryError{Reason: de.Reason, Message: de.Error()},
+		}
+		if de.Kind == dict.KindRateLimited {
+			out.Error.RetryAt = timestamppb.New(now.Add(de.RetryAfter))
+		}
+		return out, nil
+	default:
+		return nil, err
+	}
 }
 
 // decide applies req's operation in a savepoint of tx: a refusal rolls the

@@ -29,7 +29,8 @@ type Message struct {
 }
 
 // Producer publishes to one topic with LZ4, batching and a send timeout from [Config], recording
-// [Metrics] and carrying the caller's trace context in the message properties. It is safe for
+// [Metrics], starting a producer span per message ("<topic> publish", a child of the caller's) and
+// carrying its trace context in the message properties. It is safe for
 // concurrent use.
 type Producer struct {
 	p      pulsar.Producer
@@ -115,10 +116,15 @@ func (p *Producer) record(start time.Time, err error) {
 // message the broker dropped as a duplicate returns a message id with ledger and entry -1 and no error.
 func (p *Producer) Publish(ctx context.Context, m Message) (pulsar.MessageID, error) {
 	start := time.Now()
+	ctx, span := p.client.startPublish(ctx, p.topic, m)
 	id, err := p.p.Send(ctx, p.message(ctx, m))
 	p.record(start, err)
 	if err != nil {
-		return nil, fmt.Errorf("eventbus: publish to %s: %w", p.topic, err)
+		err = fmt.Errorf("eventbus: publish to %s: %w", p.topic, err)
+	}
+	endSpan(span, err)
+	if err != nil {
+		return nil, err
 	}
 	return id, nil
 }
@@ -128,11 +134,13 @@ func (p *Producer) Publish(ctx context.Context, m Message) (pulsar.MessageID, er
 // (it may wait while the pending queue is full) and provides the trace context.
 func (p *Producer) PublishAsync(ctx context.Context, m Message, done func(pulsar.MessageID, error)) {
 	start := time.Now()
+	ctx, span := p.client.startPublish(ctx, p.topic, m)
 	p.p.SendAsync(ctx, p.message(ctx, m), func(id pulsar.MessageID, _ *pulsar.ProducerMessage, err error) {
 		p.record(start, err)
 		if err != nil {
 			err = fmt.Errorf("eventbus: publish to %s: %w", p.topic, err)
 		}
+		endSpan(span, err)
 		if done != nil {
 			done(id, err)
 		}

@@ -9,6 +9,7 @@ import (
 
 	"github.com/apache/pulsar-client-go/pulsar"
 	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/attribute"
 )
 
 // ErrNoReply is returned by [Requester.Request] when no reply arrived before the deadline.
@@ -167,22 +168,34 @@ func (r *Requester) Run(ctx context.Context) error {
 			continue
 		}
 		_ = r.consumer.Ack(msg)
-		id, err := r.correlate(msg.Payload(), msg.Properties())
-		if err != nil {
-			r.requests.WithLabelValues("undecodable").Inc()
-			continue
-		}
-		r.mu.Lock()
-		ch, ok := r.waiters[id]
-		r.mu.Unlock()
-		if !ok {
-			r.requests.WithLabelValues("late").Inc()
-			continue
-		}
-		select {
-		case ch <- msg.Payload():
-		default: // a duplicate reply: the first one is already there
-		}
+		r.deliver(ctx, msg)
+	}
+}
+
+// deliver hands a reply to its waiter, in a consumer span that continues the reply's trace (the
+// request's, through the directory).
+func (r *Requester) deliver(ctx context.Context, msg pulsar.Message) {
+	_, span := r.producer.client.startProcess(ctx, msg)
+	defer span.End()
+	id, err := r.correlate(msg.Payload(), msg.Properties())
+	if err != nil {
+		r.requests.WithLabelValues("undecodable").Inc()
+		span.SetAttributes(attribute.String("messaging.request_reply.outcome", "undecodable"))
+		return
+	}
+	r.mu.Lock()
+	ch, ok := r.waiters[id]
+	r.mu.Unlock()
+	if !ok {
+		r.requests.WithLabelValues("late").Inc()
+		span.SetAttributes(attribute.String("messaging.request_reply.outcome", "late"))
+		return
+	}
+	select {
+	case ch <- msg.Payload():
+		span.SetAttributes(attribute.String("messaging.request_reply.outcome", "replied"))
+	default: // a duplicate reply: the first one is already there
+		span.SetAttributes(attribute.String("messaging.request_reply.outcome", "duplicate"))
 	}
 }
 
