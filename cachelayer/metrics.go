@@ -90,6 +90,11 @@ func newMetricsSet(reg prometheus.Registerer) (*metricsSet, error) {
 	}
 	m.hitsLocal = hits.WithLabelValues("local")
 	m.hitsRedis = hits.WithLabelValues("redis")
+	// The operations that fall back are exported at 0 from the start, so that a dashboard's
+	// series exist before Redis first fails.
+	for _, op := range []string{"get", "get_or_load", "set", "invalidate"} {
+		m.fallbacks.WithLabelValues(op)
+	}
 	return m, nil
 }
 

@@ -31,6 +31,7 @@ type ClientOption func(*clientOptions)
 type clientOptions struct {
 	logger            *slog.Logger
 	registerer        prometheus.Registerer
+	libRegisterer     prometheus.Registerer
 	tracerProvider    trace.TracerProvider
 	propagator        propagation.TextMapPropagator
 	connectionTimeout time.Duration
@@ -44,6 +45,13 @@ func WithLogger(l *slog.Logger) ClientOption { return func(o *clientOptions) { o
 // pulsar_client_* metrics in r (default [prometheus.DefaultRegisterer]).
 func WithRegisterer(r prometheus.Registerer) ClientOption {
 	return func(o *clientOptions) { o.registerer = r }
+}
+
+// WithLibraryRegisterer registers pulsar-client-go's own pulsar_client_* metrics in r instead of the
+// [WithRegisterer] one. Their names do not follow Prometheus' conventions (counters without _total,
+// which `promtool check metrics` refuses), so core-dict serves them apart from its own.
+func WithLibraryRegisterer(r prometheus.Registerer) ClientOption {
+	return func(o *clientOptions) { o.libRegisterer = r }
 }
 
 // WithTracerProvider makes consumers start their spans with tp (default: otel's global provider, looked up
@@ -81,6 +89,9 @@ func NewClient(cfg Config, opts ...ClientOption) (*Client, error) {
 	if o.registerer == nil {
 		o.registerer = prometheus.DefaultRegisterer
 	}
+	if o.libRegisterer == nil {
+		o.libRegisterer = o.registerer
+	}
 	if o.tracerProvider == nil {
 		o.tracerProvider = otel.GetTracerProvider()
 	}
@@ -97,7 +108,7 @@ func NewClient(cfg Config, opts ...ClientOption) (*Client, error) {
 		ConnectionTimeout: o.connectionTimeout,
 		OperationTimeout:  o.operationTimeout,
 		Logger:            newSlogLogger(log.With("lib", "pulsar-client-go")),
-		MetricsRegisterer: o.registerer,
+		MetricsRegisterer: o.libRegisterer,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("eventbus: pulsar client for %s: %w", cfg.URL, err)
