@@ -2,6 +2,7 @@ package rpc
 
 import (
 	"context"
+	"fmt"
 
 	"github.com/lbpay-lab/core-dict/dict"
 	dictv1 "github.com/lbpay-lab/core-dict/rpc/dict/v1"
@@ -11,6 +12,10 @@ import (
 // The claim RPCs: the caller's participant as claimer or donor. Every
 // action answers with the claim as stored, its pending_operation set until
 // the directory's answer applies it.
+
+// maxClaimStatuses is how many values ListClaims' statuses filter may hold:
+// one per claim status.
+var maxClaimStatuses = len(dictv1.ClaimStatus_name) - 1
 
 // CreateClaim implements dict.v1.CoreDictService.CreateClaim.
 func (h *Handler) CreateClaim(ctx context.Context, req *dictv1.CreateClaimRequest) (*dictv1.CreateClaimResponse, error) {
@@ -53,6 +58,12 @@ func (h *Handler) ListClaims(ctx context.Context, req *dictv1.ListClaimsRequest)
 	}
 	in := dict.ListClaimsInput{AsDonor: req.GetAsDonor(), AsClaimer: req.GetAsClaimer(),
 		PageSize: int(req.GetPageSize()), PageToken: req.GetPageToken()}
+	// Bounded input: there are five statuses, so more than five is a
+	// repetition (or 10,000 of them), never a wider filter.
+	if n := len(req.GetStatuses()); n > maxClaimStatuses {
+		return nil, h.fail(ctx, dictv1connect.CoreDictServiceListClaimsProcedure, &dict.Error{Kind: dict.KindInvalid,
+			Reason: dict.ReasonClaimInvalid, Field: "statuses", Msg: fmt.Sprintf("statuses lists %d values; at most %d, each status once", n, maxClaimStatuses)})
+	}
 	for _, st := range req.GetStatuses() {
 		in.Statuses = append(in.Statuses, dict.ClaimStatus(st))
 	}

@@ -3,10 +3,14 @@ package rpc
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
+	"strings"
+	"unicode/utf8"
 
 	"connectrpc.com/connect"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 
@@ -91,4 +95,111 @@ func addDetail(e *connect.Error, m proto.Message) {
 	if d, err := connect.NewErrorDetail(m); err == nil {
 		e.AddDetail(d)
 	}
+}
+
+// maxDecodeDetail bounds the part of a decoding error a client gets back:
+// protojson quotes the offending input, which may be a 10 KB string.
+const maxDecodeDetail = 160
+
+// Request codecs: Connect's own, with errors that name the message by its
+// proto name and never the Go type Connect's codecs print
+// ("unmarshal into *dictv1.CreateKeyRequest: ...").
+type (
+	protoCodec struct{}
+	jsonCodec  struct{ name string }
+)
+
+// codecs replaces Connect's proto and JSON codecs (names "proto", "json"
+// and "json; charset=utf-8") with [protoCodec] and [jsonCodec].
+func codecs() connect.HandlerOption {
+	return connect.WithHandlerOptions(
+		connect.WithCodec(protoCodec{}),
+		connect.WithCodec(jsonCodec{"json"}),
+		connect.WithCodec(jsonCodec{"json; charset=utf-8"}),
+	)
+}
+
+func (protoCodec) Name() string   { return "proto" }
+func (protoCodec) IsBinary() bool { return true }
+
+func (protoCodec) Marshal(m any) ([]byte, error) {
+	pm, ok := m.(proto.Message)
+	if !ok {
+		return nil, errNotMessage
+	}
+	return proto.Marshal(pm)
+}
+
+func (protoCodec) MarshalAppend(dst []byte, m any) ([]byte, error) {
+	pm, ok := m.(proto.Message)
+	if !ok {
+		return nil, errNotMessage
+	}
+	return proto.MarshalOptions{}.MarshalAppend(dst, pm)
+}
+
+func (protoCodec) Unmarshal(data []byte, m any) error {
+	pm, ok := m.(proto.Message)
+	if !ok {
+		return errNotMessage
+	}
+	if err := proto.Unmarshal(data, pm); err != nil {
+		return decodeError("protobuf", pm, err)
+	}
+	return nil
+}
+
+func (c jsonCodec) Name() string { return c.name }
+func (jsonCodec) IsBinary() bool { return false }
+
+func (jsonCodec) Marshal(m any) ([]byte, error) {
+	pm, ok := m.(proto.Message)
+	if !ok {
+		return nil, errNotMessage
+	}
+	return protojson.Marshal(pm)
+}
+
+func (jsonCodec) MarshalAppend(dst []byte, m any) ([]byte, error) {
+	pm, ok := m.(proto.Message)
+	if !ok {
+		return nil, errNotMessage
+	}
+	return protojson.MarshalOptions{}.MarshalAppend(dst, pm)
+}
+
+func (jsonCodec) Unmarshal(data []byte, m any) error {
+	pm, ok := m.(proto.Message)
+	if !ok {
+		return errNotMessage
+	}
+	if len(data) == 0 {
+		return errors.New("empty body: a request is a JSON object, {} at least")
+	}
+	// Unknown fields are ignored, as Connect's own codec does, so that
+	// clients of a newer contract keep working.
+	if err := (protojson.UnmarshalOptions{DiscardUnknown: true}).Unmarshal(data, pm); err != nil {
+		return decodeError("JSON", pm, err)
+	}
+	return nil
+}
+
+var errNotMessage = errors.New("not a protobuf message")
+
+// decodeError says which message could not be decoded and why, in
+// protobuf's words without its "proto:" prefix, bounded and valid UTF-8.
+func decodeError(format string, m proto.Message, err error) error {
+	detail := err.Error()
+	for _, p := range []string{"proto:", "protojson:"} {
+		detail = strings.TrimSpace(strings.TrimPrefix(detail, p))
+	}
+	detail = strings.ToValidUTF8(detail, "?")
+	if len(detail) > maxDecodeDetail {
+		cut := maxDecodeDetail
+		for cut > 0 && !utf8.RuneStart(detail[cut]) {
+			cut--
+		}
+		detail = detail[:cut] + "..."
+	}
+	return fmt.Errorf("invalid %s for %s: %s", format, m.ProtoReflect().Descriptor().FullName(), detail)
 }
