@@ -18,6 +18,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"os/signal"
 	"strconv"
@@ -26,6 +27,7 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -34,10 +36,14 @@ import (
 	"github.com/lbpay-lab/core-dict/cachelayer"
 	"github.com/lbpay-lab/core-dict/dict"
 	"github.com/lbpay-lab/core-dict/eventbus"
+	"github.com/lbpay-lab/core-dict/internal/dbmetrics"
 	"github.com/lbpay-lab/core-dict/internal/dictbus"
 	"github.com/lbpay-lab/core-dict/internal/dictcache"
+	"github.com/lbpay-lab/core-dict/internal/logmask"
+	"github.com/lbpay-lab/core-dict/internal/telemetry"
 	"github.com/lbpay-lab/core-dict/rpc"
 	"github.com/lbpay-lab/core-dict/schema"
+	"github.com/lbpay-lab/core-dict/web"
 )
 
 func main() {
@@ -102,6 +108,14 @@ type config struct {
 	// SyncCheckInterval is how often each key type's VSync is checked
 	// against the directory (SYNC_CHECK_INTERVAL, at most 36h per BCB).
 	SyncCheckInterval time.Duration
+	// CORSAllowedOrigins are the other origins whose pages may call the API
+	// from a browser (CORS_ALLOWED_ORIGINS); none by default.
+	CORSAllowedOrigins []string
+
+	// MigrateDatabaseURL is the tables' owner, which runs the migrations
+	// (MIGRATE_DATABASE_URL); DatabaseURL is the service's role, which
+	// row-level security applies to (schema/00010_rls.sql).
+	MigrateDatabaseURL string
 }
 
 // env reads the environment into a config; the first bad value is an error
@@ -148,7 +162,7 @@ func (e *env) fail(format string, args ...any) {
 func loadConfig() (config, error) {
 	var e env
 	c := config{
-		DatabaseURL:     e.str("DATABASE_URL", "postgres://coredict:coredict@127.0.0.1:5432/coredict?sslmode=disable"),
+		DatabaseURL:     e.str("DATABASE_URL", "postgres://coredict_app:coredict_app@127.0.0.1:5432/coredict?sslmode=disable"),
 		DBMaxConns:      e.int("DB_MAX_CONNS", 20, 1, 1000),
 		ListenHost:      e.str("LISTEN_HOST", ""),
 		GRPCPort:        e.int("GRPC_PORT", 9090, 1, 65535),
@@ -161,6 +175,7 @@ func loadConfig() (config, error) {
 		IdleTimeout:     e.dur("HTTP_IDLE_TIMEOUT", 120*time.Second),
 		ShutdownTimeout: e.dur("SHUTDOWN_TIMEOUT", 25*time.Second),
 	}
+	c.MigrateDatabaseURL = e.str("MIGRATE_DATABASE_URL", "postgres://coredict:coredict@127.0.0.1:5432/coredict?sslmode=disable")
 	c.ParticipantCategory = strings.ToUpper(e.str("DICT_PARTICIPANT_CATEGORY", "H"))
 	if _, ok := dict.ParticipantBuckets[c.ParticipantCategory]; !ok {
 		e.fail("DICT_PARTICIPANT_CATEGORY=%q: want the participant's DICT category, A to H", c.ParticipantCategory)
@@ -212,6 +227,15 @@ func loadConfig() (config, error) {
 			c.ParticipantNames[strings.TrimSpace(ispb)] = strings.TrimSpace(name)
 		}
 	}
+	for _, o := range strings.Split(e.str("CORS_ALLOWED_ORIGINS", ""), ",") {
+		if o = strings.TrimSpace(o); o == "" {
+			continue
+		}
+		if u, err := url.Parse(o); o != "*" && (err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.Path != "" || u.RawQuery != "" || u.User != nil) {
+			e.fail("CORS_ALLOWED_ORIGINS: %q is not an origin; want comma-separated scheme://host[:port] (or *)", o)
+		}
+		c.CORSAllowedOrigins = append(c.CORSAllowedOrigins, o)
+	}
 	switch strings.ToLower(e.str("LOG_LEVEL", "info")) {
 	case "debug":
 		c.LogLevel = slog.LevelDebug
@@ -243,18 +267,25 @@ func runServe(args []string) error {
 	if cfg.JWTSecret == "" && cfg.JWTJWKSFile == "" {
 		return errors.New("JWT_SECRET: required (at least 32 bytes) unless JWT_JWKS_FILE is set")
 	}
-	logger := slog.New(slog.NewJSONHandler(os.Stdout, &slog.HandlerOptions{Level: cfg.LogLevel}))
+	// Keys and tax ids are masked in every log line (internal/logmask).
+	logger := slog.New(logmask.NewHandler(slog.NewJSONHandler(os.Stdout, &slog.HandlerOptions{Level: cfg.LogLevel})))
 	slog.SetDefault(logger)
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
+	// Traces from the standard OTEL_* variables (README.md); flushed last, after everything stopped.
+	shutdownTracing, err := setupTracing(ctx, "core-dict", logger)
+	if err != nil {
+		return err
+	}
+	defer shutdownTracing()
 
 	if *migrate {
-		if err := applyMigrations(ctx, cfg.DatabaseURL); err != nil {
+		if err := applyMigrations(ctx, cfg.MigrateDatabaseURL); err != nil {
 			return err
 		}
 	}
-	pool, err := openPool(ctx, cfg)
+	pool, err := openPool(ctx, cfg, nil)
 	if err != nil {
 		return err
 	}
@@ -272,6 +303,10 @@ func runServe(args []string) error {
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	// The pgx pool's statistics, claims by status and the VSync results (README.md, "Metrics").
+	reg.MustRegister(dbmetrics.New(dbmetrics.Config{Pool: pool, Participants: cfg.Participants, Logger: logger}))
+	// pulsar-client-go's own metrics break Prometheus' naming rules: served apart, on /metrics/pulsar-client.
+	pulsarLibReg := prometheus.NewRegistry()
 
 	cctx, ccancel := context.WithTimeout(ctx, cfg.Redis.DialTimeout)
 	redis, err := cachelayer.NewClient(cctx, cfg.Redis, cachelayer.WithRegisterer(reg), cachelayer.WithLogger(logger))
@@ -295,7 +330,8 @@ func runServe(args []string) error {
 	// applies the directory's responses and carries the reads that wait for
 	// their reply. Pulsar being down only grows the backlog: the relay
 	// retries and writes go on (PENDING).
-	bus, err := eventbus.NewClient(cfg.Pulsar, eventbus.WithLogger(logger), eventbus.WithRegisterer(reg))
+	bus, err := eventbus.NewClient(cfg.Pulsar, eventbus.WithLogger(logger), eventbus.WithRegisterer(reg),
+		eventbus.WithLibraryRegisterer(pulsarLibReg))
 	if err != nil {
 		return fmt.Errorf("PULSAR_URL: %w", err)
 	}
@@ -322,6 +358,7 @@ func runServe(args []string) error {
 		cachelayer.WithWriteBehindRegisterer(reg), cachelayer.WithWriteBehindLogger(logger))
 	svc = dict.NewService(dict.ServiceConfig{
 		Pool:             pool,
+		Participants:     cfg.Participants,
 		KeyEventsTopic:   cfg.KeyEventsTopic,
 		ClaimEventsTopic: cfg.ClaimEventsTopic,
 		ParticipantNames: cfg.ParticipantNames,
@@ -338,6 +375,14 @@ func runServe(args []string) error {
 		DirectoryReplyTo:      cfg.Pulsar.TopicDictResIn,
 		ResponseOnce:          link.ResponseOnce(),
 	})
+	// The relay publishes the outbox rows of every participant this
+	// instance serves: its own pool declares them for the whole session
+	// (schema/00010_rls.sql), the API's pool never does.
+	relayPool, err := openPool(ctx, cfg, cfg.Participants)
+	if err != nil {
+		return err
+	}
+	defer relayPool.Close()
 	lookupCounts.Start()
 	link.Start(svc)
 	// The claim deadlines, on every instance: due claims are taken with
@@ -356,7 +401,8 @@ func runServe(args []string) error {
 		svc.RunSyncChecks(schedCtx, cfg.Participants, cfg.SyncCheckInterval)
 	}()
 
-	relay := eventbus.NewRelay(pool, bus.Pulsar(), eventbus.WithRelayRegistry(reg), eventbus.WithRelayLogger(logger))
+	logger.Info("outbox relay acts for the configured participants", "participants", cfg.Participants)
+	relay := eventbus.NewRelay(relayPool, bus.Pulsar(), eventbus.WithRelayRegistry(reg), eventbus.WithRelayLogger(logger))
 	relayCtx, stopRelay := context.WithCancel(context.Background())
 	relayDone := make(chan error, 1)
 	go func() {
@@ -373,6 +419,9 @@ func runServe(args []string) error {
 		Logger:          logger,
 		MaxRequestBytes: cfg.MaxRequestBytes,
 		Interceptors:    []connect.Interceptor{rpc.RateLimitInterceptor(requests)},
+		// The browser console at / (web/; `make web` builds it).
+		Console:            web.Handler(),
+		CORSAllowedOrigins: cfg.CORSAllowedOrigins,
 	})
 	protocols := new(http.Protocols)
 	protocols.SetHTTP1(true)
@@ -390,7 +439,7 @@ func runServe(args []string) error {
 	}
 	ops := &http.Server{
 		Addr:              net.JoinHostPort(cfg.ListenHost, strconv.Itoa(cfg.MetricsPort)),
-		Handler:           opsMux(reg, svc),
+		Handler:           opsMuxWith(opsMux(reg, svc), pulsarLibReg),
 		ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout:       10 * time.Second,
 		WriteTimeout:      30 * time.Second,
@@ -439,6 +488,12 @@ func runServe(args []string) error {
 	return err
 }
 
+// opsMuxWith adds pulsar-client-go's metrics to mux, on /metrics/pulsar-client.
+func opsMuxWith(mux *http.ServeMux, pulsarLib *prometheus.Registry) *http.ServeMux {
+	mux.Handle("GET /metrics/pulsar-client", promhttp.HandlerFor(pulsarLib, promhttp.HandlerOpts{}))
+	return mux
+}
+
 // opsMux serves the operator's endpoints: metrics, liveness, readiness.
 func opsMux(reg *prometheus.Registry, svc *dict.Service) *http.ServeMux {
 	mux := http.NewServeMux()
@@ -458,12 +513,20 @@ func opsMux(reg *prometheus.Registry, svc *dict.Service) *http.ServeMux {
 	return mux
 }
 
-func openPool(ctx context.Context, cfg config) (*pgxpool.Pool, error) {
+// openPool connects to DATABASE_URL, whose role must be one row-level
+// security applies to. A pool for sessionParticipants declares that
+// participant set for its whole sessions (the outbox relay's); without,
+// each transaction declares its own (dict's store).
+func openPool(ctx context.Context, cfg config, sessionParticipants []string) (*pgxpool.Pool, error) {
 	pc, err := pgxpool.ParseConfig(cfg.DatabaseURL)
 	if err != nil {
 		return nil, errors.New("DATABASE_URL: not a valid PostgreSQL URL")
 	}
+	if len(sessionParticipants) > 0 {
+		pc.ConnConfig.RuntimeParams["app.participants"] = strings.Join(sessionParticipants, ",")
+	}
 	pc.MaxConns = int32(cfg.DBMaxConns)
+	pc.ConnConfig.Tracer = telemetry.NewPGXTracer(nil) // a span per query inside a trace
 	if pc.ConnConfig.ConnectTimeout == 0 {
 		pc.ConnConfig.ConnectTimeout = 5 * time.Second
 	}
@@ -477,7 +540,34 @@ func openPool(ctx context.Context, cfg config) (*pgxpool.Pool, error) {
 		pool.Close()
 		return nil, fmt.Errorf("DATABASE_URL: PostgreSQL does not answer (run `scripts/deps.sh up postgres`): %w", err)
 	}
+	if err := checkServiceRole(pctx, pool); err != nil {
+		pool.Close()
+		return nil, err
+	}
 	return pool, nil
+}
+
+// checkServiceRole refuses a role that row-level security does not apply
+// to (a superuser, one with BYPASSRLS, or the tables' owner): the service
+// would see every participant's rows. It also needs the migrations that
+// turn row-level security on.
+func checkServiceRole(ctx context.Context, pool *pgxpool.Pool) error {
+	var user string
+	var super, bypass, owner, rls bool
+	err := pool.QueryRow(ctx, `SELECT current_user, r.rolsuper, r.rolbypassrls, pg_has_role(current_user, c.relowner, 'USAGE'), c.relrowsecurity
+		FROM pg_roles r, pg_class c WHERE r.rolname = current_user AND c.oid = to_regclass('public.entries')`).Scan(&user, &super, &bypass, &owner, &rls)
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+		return errors.New("DATABASE_URL: the database has no entries table; run `core-dict migrate` (as MIGRATE_DATABASE_URL)")
+	case err != nil:
+		return fmt.Errorf("DATABASE_URL: %w", err)
+	case super || bypass || owner:
+		return fmt.Errorf("DATABASE_URL: role %q bypasses row-level security (superuser %v, BYPASSRLS %v, owns the tables %v); "+
+			"connect as the service's role (coredict_app) and migrate with MIGRATE_DATABASE_URL", user, super, bypass, owner)
+	case !rls:
+		return errors.New("DATABASE_URL: row-level security is off on the entries table; run `core-dict migrate` (as MIGRATE_DATABASE_URL)")
+	}
+	return nil
 }
 
 func runMigrate(args []string) error {
@@ -489,12 +579,12 @@ func runMigrate(args []string) error {
 	if err != nil {
 		return err
 	}
-	return applyMigrations(context.Background(), cfg.DatabaseURL)
+	return applyMigrations(context.Background(), cfg.MigrateDatabaseURL)
 }
 
 func applyMigrations(ctx context.Context, url string) error {
 	if err := schema.Migrate(ctx, url, os.Stderr); err != nil {
-		return fmt.Errorf("DATABASE_URL: %w", err)
+		return fmt.Errorf("MIGRATE_DATABASE_URL: %w", err)
 	}
 	return nil
 }

@@ -52,6 +52,11 @@ func runDictsim(args []string) error {
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
+	shutdownTracing, err := setupTracing(ctx, "dictsim", logger)
+	if err != nil {
+		return err
+	}
+	defer shutdownTracing()
 	if *migrate {
 		if err := dictsim.Migrate(ctx, cfg.DatabaseURL, os.Stderr); err != nil {
 			return fmt.Errorf("DICTSIM_DATABASE_URL: %w", err)

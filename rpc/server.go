@@ -7,11 +7,14 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
+	connectcors "connectrpc.com/cors"
 	"connectrpc.com/grpchealth"
 	"connectrpc.com/grpcreflect"
+	"github.com/rs/cors"
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/lbpay-lab/core-dict/dict"
+	"github.com/lbpay-lab/core-dict/internal/logmask"
 	"github.com/lbpay-lab/core-dict/rpc/dict/v1/dictv1connect"
 )
 
@@ -33,33 +36,69 @@ type ServerConfig struct {
 	// traceparent when it sends one (default: otel.GetTracerProvider(), looked
 	// up when NewMux runs).
 	TracerProvider trace.TracerProvider
+	// Console, when set, serves every path no RPC handler takes: the
+	// browser console (package web), at /. It must answer 404 to anything
+	// but GET and HEAD, as the mux would, so that a call of an unknown
+	// procedure stays Unimplemented.
+	Console http.Handler
+	// CORSAllowedOrigins are the origins (scheme://host[:port], or "*")
+	// whose pages may call CoreDictService from a browser with gRPC-Web or
+	// Connect (CORS_ALLOWED_ORIGINS); empty: no cross-origin calls.
+	CORSAllowedOrigins []string
 }
 
 // NewMux returns the one mux that serves CoreDictService (gRPC, gRPC-Web and
 // Connect), grpc.health.v1.Health and server reflection v1 and v1alpha.
 // Health and reflection need no token; every CoreDictService RPC does.
 func NewMux(cfg ServerConfig) *http.ServeMux {
-	if cfg.Logger == nil {
-		cfg.Logger = slog.Default()
-	}
+	// Keys and tax ids never reach the log, whatever logger we are given.
+	cfg.Logger = logmask.Logger(cfg.Logger)
 	if cfg.MaxRequestBytes <= 0 {
 		cfg.MaxRequestBytes = DefaultMaxRequestBytes
 	}
-	interceptors := []connect.Interceptor{newServerTracing(cfg.TracerProvider), observe(cfg.Metrics, cfg.Logger), cfg.Auth.Interceptor()}
+	interceptors := []connect.Interceptor{newServerTracing(cfg.TracerProvider), observe(cfg.Metrics, cfg.Logger),
+		recoverInterceptor(cfg.Logger, cfg.Metrics), cfg.Auth.Interceptor()}
 	interceptors = append(interceptors, cfg.Interceptors...)
 	mux := http.NewServeMux()
 	path, h := dictv1connect.NewCoreDictServiceHandler(
 		NewHandler(cfg.Service, cfg.Logger),
 		connect.WithInterceptors(interceptors...),
 		connect.WithReadMaxBytes(cfg.MaxRequestBytes),
-		connect.WithRecover(recoverPanic(cfg.Logger)),
+		connect.WithRecover(recoverPanic(cfg.Logger, cfg.Metrics)),
+		codecs(),
 	)
-	mux.Handle(path, bounded(h, int64(cfg.MaxRequestBytes)))
-	mux.Handle(grpchealth.NewHandler(healthChecker{svc: cfg.Service}))
+	// Health and reflection: the same recovery and codecs.
+	hardened := connect.WithHandlerOptions(connect.WithRecover(recoverPanic(cfg.Logger, cfg.Metrics)), codecs())
+	// recoverHTTP inside bounded: http.MaxBytesReader must get net/http's
+	// own ResponseWriter, or the server is not told to close a connection
+	// whose oversized body it did not read, and reads the rest of that body
+	// as the next request.
+	mux.Handle(path, withCORS(cfg.CORSAllowedOrigins, bounded(recoverHTTP(cfg.Logger, cfg.Metrics, h), int64(cfg.MaxRequestBytes))))
+	mux.Handle(grpchealth.NewHandler(healthChecker{svc: cfg.Service}, hardened))
 	reflector := grpcreflect.NewStaticReflector(dictv1connect.CoreDictServiceName, grpchealth.HealthV1ServiceName)
-	mux.Handle(grpcreflect.NewHandlerV1(reflector))
-	mux.Handle(grpcreflect.NewHandlerV1Alpha(reflector))
+	mux.Handle(grpcreflect.NewHandlerV1(reflector, hardened))
+	mux.Handle(grpcreflect.NewHandlerV1Alpha(reflector, hardened))
+	if cfg.Console != nil {
+		mux.Handle("/", cfg.Console)
+	}
 	return mux
+}
+
+// withCORS answers CORS preflights and adds the CORS headers for the
+// origins allowed, with the methods and headers gRPC-Web and Connect need
+// (connectrpc.com/cors). Without origins, h is returned as it is: a browser
+// on another origin cannot call it.
+func withCORS(origins []string, h http.Handler) http.Handler {
+	if len(origins) == 0 {
+		return h
+	}
+	return cors.New(cors.Options{
+		AllowedOrigins: origins,
+		AllowedMethods: connectcors.AllowedMethods(),
+		AllowedHeaders: append(connectcors.AllowedHeaders(), "Authorization", "Traceparent", "Tracestate"),
+		ExposedHeaders: connectcors.ExposedHeaders(),
+		MaxAge:         7200,
+	}).Handler(h)
 }
 
 // bounded caps the bytes read from a request body, so that a body without

@@ -8,15 +8,19 @@
 #   scripts/deps.sh db NAME                create database NAME (owned by coredict) if missing and print
 #                                          its DATABASE_URL on stdout (nothing else goes to stdout)
 #
-# SERVICE is postgres, redis, pulsar or jaeger. Without names: postgres, redis and pulsar, plus jaeger when
-# DEPS_JAEGER=1 (its first build takes about 6 minutes on 2 cores); `down` and `status` also cover jaeger
-# when deps.sh started it.
+# SERVICE is postgres, redis, pulsar, jaeger or prometheus. Without names: postgres, redis and pulsar, plus
+# jaeger when DEPS_JAEGER=1 (its first build takes about 6 minutes on 2 cores) and prometheus when
+# DEPS_PROMETHEUS=1; `down` and `status` also cover jaeger and prometheus when deps.sh started them.
 #
 # Addresses (loopback only) and the defaults the code and tests use:
-#   postgres  127.0.0.1:5432   DATABASE_URL=postgres://coredict:coredict@127.0.0.1:5432/coredict?sslmode=disable
+#   postgres  127.0.0.1:5432   DATABASE_URL=postgres://coredict_app:coredict_app@127.0.0.1:5432/coredict?sslmode=disable
+#                              MIGRATE_DATABASE_URL=postgres://coredict:coredict@127.0.0.1:5432/coredict?sslmode=disable
+#                              (coredict owns the databases and tables; coredict_app is the service's role)
 #   redis     127.0.0.1:6379   REDIS_URL=redis://127.0.0.1:6379/0
 #   pulsar    127.0.0.1:6650   PULSAR_URL=pulsar://127.0.0.1:6650, admin http://127.0.0.1:8080
 #   jaeger    OTLP 127.0.0.1:4317 (gRPC) and 127.0.0.1:4318 (HTTP), query API http://127.0.0.1:16686
+#   prometheus http://127.0.0.1:9095 (Debian's prometheus and promtool; scrapes deploy/prometheus.yml's
+#             targets: core-dict's metrics on :9091 and dictsim's on :9092, every DEPS_PROMETHEUS_SCRAPE)
 #
 # State lives under .deps/ in the repository (git-ignored): pid files, logs, the Pulsar jars and data, the
 # Jaeger binary. PostgreSQL is Debian's cluster (`main` of the installed major version, 15 on bookworm)
@@ -35,6 +39,8 @@
 #                                    its own, so it does not wait for (or hold up) the shared services.
 #   DEPS_PULSAR_TIMEOUT=180          seconds to wait for Pulsar to answer
 #   DEPS_JAEGER_TIMEOUT=60           seconds to wait for Jaeger to answer
+#   DEPS_PROMETHEUS=1                include prometheus in the default set
+#   DEPS_PROMETHEUS_SCRAPE=5s        prometheus' scrape and evaluation interval (deploy/prometheus.yml says 15s)
 #   PULSAR_STANDALONE_USE_ZOOKEEPER=1  run Pulsar's metadata on an in-process ZooKeeper instead of RocksDB
 #   PULSAR_JVM_MEM                   default "-Xms512m -Xmx1024m -XX:MaxDirectMemorySize=512m"
 set -euo pipefail
@@ -48,6 +54,10 @@ PG_CLUSTER=main
 PG_USER=coredict
 PG_PASSWORD=coredict
 PG_DB=coredict
+# The service's role: owns nothing, does not bypass row-level security (schema/00010_rls.sql grants it
+# read and write on the tables). PG_USER owns the tables and runs the migrations.
+PG_APP_USER=coredict_app
+PG_APP_PASSWORD=coredict_app
 
 REDIS_HOST=127.0.0.1
 # DEPS_REDIS_PORT starts a separate Redis (its own pid and log files) on another port, e.g. for the tests that
@@ -269,6 +279,11 @@ BEGIN
     CREATE ROLE $PG_USER LOGIN CREATEDB PASSWORD '$PG_PASSWORD';
   ELSE
     ALTER ROLE $PG_USER LOGIN CREATEDB PASSWORD '$PG_PASSWORD';
+  END IF;
+  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '$PG_APP_USER') THEN
+    CREATE ROLE $PG_APP_USER LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOBYPASSRLS PASSWORD '$PG_APP_PASSWORD';
+  ELSE
+    ALTER ROLE $PG_APP_USER LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOBYPASSRLS PASSWORD '$PG_APP_PASSWORD';
   END IF;
 END
 \$\$;
@@ -664,6 +679,111 @@ jaeger_status() {
 }
 
 # ---------------------------------------------------------------------------------------------------------
+# Prometheus: Debian's package (prometheus and promtool), run by deps.sh on 127.0.0.1:9095, never as the
+# package's own service (that one would listen on :9090, core-dict's API port).
+
+PROM_HOST=127.0.0.1
+PROM_PORT=9095
+PROM_DIR="$DEPS/prometheus"
+prometheus_pidfile() { echo "$PROM_DIR/prometheus.pid"; }
+prometheus_logfile() { echo "$PROM_DIR/prometheus.log"; }
+prometheus_ready() { curl -sf -m 5 -o /dev/null "http://$PROM_HOST:$PROM_PORT/-/ready" 2>/dev/null; }
+
+prometheus_install() {
+	need_cmd curl curl
+	if command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1; then
+		return 0
+	fi
+	# The package's postinst starts its service on :9090 unless policy-rc.d forbids it: forbid it for the
+	# install when no policy is in place (containers usually have one that does).
+	local policy=/usr/sbin/policy-rc.d made=0
+	if [ ! -e "$policy" ]; then
+		printf '#!/bin/sh\n# core-dict deps.sh: no service starts during this install\nexit 101\n' | as_root tee "$policy" >/dev/null
+		as_root chmod 755 "$policy"
+		made=1
+	fi
+	apt_install prometheus || { [ "$made" = 1 ] && as_root rm -f "$policy"; die "prometheus: apt-get install failed"; }
+	if [ "$made" = 1 ]; then as_root rm -f "$policy"; fi
+	# Under systemd the package also enables its unit for the next boot: disable it (and stop it if it runs).
+	if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
+		as_root systemctl disable --now prometheus >/dev/null 2>&1 || true
+	fi
+	command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1 ||
+		die "prometheus: prometheus or promtool still missing after installing the package"
+}
+
+# prometheus_config: deploy/prometheus.yml with DEPS_PROMETHEUS_SCRAPE as the scrape and evaluation interval.
+prometheus_config() {
+	local every=${DEPS_PROMETHEUS_SCRAPE:-5s}
+	[[ $every =~ ^[0-9]+(ms|s|m)$ ]] || die "DEPS_PROMETHEUS_SCRAPE=$every: want a duration such as 5s"
+	echo "# Generated by scripts/deps.sh from deploy/prometheus.yml (intervals: $every); do not edit."
+	sed -E -e "s/^(  scrape_interval:).*/\1 $every/" -e "s/^(  evaluation_interval:).*/\1 $every/" "$ROOT/deploy/prometheus.yml"
+}
+
+prometheus_start() {
+	local pid conf="$PROM_DIR/prometheus.yml"
+	mkdir -p "$PROM_DIR/data"
+	prometheus_config >"$conf.tmp"
+	promtool check config "$conf.tmp" >&2 || die "prometheus: promtool check config refused the configuration generated from deploy/prometheus.yml"
+	mv "$conf.tmp" "$conf"
+	pid=$(read_pid "$(prometheus_pidfile)")
+	if prometheus_ready; then
+		if pid_alive "$pid" prometheus; then
+			# Reload the (maybe changed) configuration.
+			kill -HUP "$pid" 2>/dev/null || true
+		fi
+		log "prometheus: already up on http://$PROM_HOST:$PROM_PORT"
+		return 0
+	fi
+	if pid_alive "$pid" prometheus; then
+		log "prometheus: pid $pid is still starting"
+		return 0
+	fi
+	rm -f "$(prometheus_pidfile)"
+	if tcp_open "$PROM_HOST" "$PROM_PORT"; then die "prometheus: $PROM_HOST:$PROM_PORT is taken by another process"; fi
+	log "prometheus: starting on http://$PROM_HOST:$PROM_PORT (log: $(prometheus_logfile))"
+	PROM_T0=$(date +%s)
+	(
+		cd "$PROM_DIR"
+		exec 9>&-
+		exec setsid nohup prometheus --config.file="$conf" --web.listen-address="$PROM_HOST:$PROM_PORT" \
+			--storage.tsdb.path="$PROM_DIR/data" --storage.tsdb.retention.time=2d \
+			</dev/null >>"$(prometheus_logfile)" 2>&1
+	) &
+	echo $! >"$(prometheus_pidfile)"
+}
+
+prometheus_wait() {
+	local t0 pid
+	t0=$(date +%s)
+	pid=$(read_pid "$(prometheus_pidfile)")
+	until prometheus_ready; do
+		if [ -n "$pid" ] && ! pid_alive "$pid" prometheus; then
+			rm -f "$(prometheus_pidfile)"
+			log_tail "$(prometheus_logfile)"
+			die "prometheus: the process (pid $pid) exited during start-up; log: $(prometheus_logfile)"
+		fi
+		if [ "$(since "$t0")" -ge 60 ]; then
+			log_tail "$(prometheus_logfile)"
+			die "prometheus: not ready on http://$PROM_HOST:$PROM_PORT after 60s; log: $(prometheus_logfile)"
+		fi
+		sleep 0.5
+	done
+	if [ -n "${PROM_T0:-}" ]; then log "prometheus: up (pid $pid) in $(since "$PROM_T0")s"; fi
+}
+
+prometheus_stop() { stop_pid prometheus "$(prometheus_pidfile)" prometheus 20; }
+
+prometheus_status() {
+	if prometheus_ready; then
+		echo "prometheus up   $PROM_HOST:$PROM_PORT  http://$PROM_HOST:$PROM_PORT"
+	else
+		echo "prometheus down $PROM_HOST:$PROM_PORT"
+		return 1
+	fi
+}
+
+# ---------------------------------------------------------------------------------------------------------
 
 SVCS=()
 services_for() { # services_for COMMAND [NAMES...]: sets SVCS to the validated service list
@@ -673,8 +793,8 @@ services_for() { # services_for COMMAND [NAMES...]: sets SVCS to the validated s
 	if [ $# -gt 0 ]; then
 		for s in "$@"; do
 			case $s in
-			postgres | redis | pulsar | jaeger) SVCS+=("$s") ;;
-			*) die "unknown service '$s' (postgres, redis, pulsar, jaeger)" ;;
+			postgres | redis | pulsar | jaeger | prometheus) SVCS+=("$s") ;;
+			*) die "unknown service '$s' (postgres, redis, pulsar, jaeger, prometheus)" ;;
 			esac
 		done
 		return 0
@@ -684,6 +804,11 @@ services_for() { # services_for COMMAND [NAMES...]: sets SVCS to the validated s
 		SVCS+=(jaeger)
 	elif [ "$cmd" != up ] && [ -n "$(read_pid "$(jaeger_pidfile)")" ]; then
 		SVCS+=(jaeger)
+	fi
+	if [ "${DEPS_PROMETHEUS:-0}" = 1 ]; then
+		SVCS+=(prometheus)
+	elif [ "$cmd" != up ] && [ -n "$(read_pid "$(prometheus_pidfile)")" ]; then
+		SVCS+=(prometheus)
 	fi
 }
 
@@ -713,10 +838,10 @@ cmd_up() {
 	lock
 	for s in "${SVCS[@]}"; do "${s}_install"; done
 	# Pulsar and Jaeger start first: they take longest to answer, the others start meanwhile.
-	for s in pulsar jaeger postgres redis; do
+	for s in pulsar jaeger postgres redis prometheus; do
 		if wanted "$s"; then "${s}_start"; fi
 	done
-	for s in postgres redis pulsar jaeger; do
+	for s in postgres redis pulsar jaeger prometheus; do
 		if wanted "$s"; then "${s}_wait"; fi
 	done
 	log "up: ${SVCS[*]} answering ($(since "$t0")s)"
@@ -727,7 +852,7 @@ cmd_down() {
 	local s
 	services_for down "$@"
 	lock
-	for s in jaeger pulsar redis postgres; do
+	for s in prometheus jaeger pulsar redis postgres; do
 		if wanted "$s"; then "${s}_stop"; fi
 	done
 }

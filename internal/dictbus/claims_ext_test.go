@@ -157,7 +157,7 @@ func newPSP(t *testing.T, w *world, bus *eventbus.Client, ispb, reqTopic, resTop
 	}
 	t.Cleanup(db.Close)
 	logger := testLogger()
-	link, err := dictbus.New(bus, db.Pool, dictbus.Config{
+	link, err := dictbus.New(bus, db.App, dictbus.Config{
 		RequestTopic: reqTopic, ResponseTopic: resTopic,
 		ReplyTopic:   dictbus.ReplyTopic(resTopic, "i1"),
 		Subscription: "core-dict", Logger: logger,
@@ -166,7 +166,7 @@ func newPSP(t *testing.T, w *world, bus *eventbus.Client, ispb, reqTopic, resTop
 		t.Fatal(err)
 	}
 	svc := dict.NewService(dict.ServiceConfig{
-		Pool: db.Pool, Logger: logger, Now: w.clock.Now, Directory: link.Directory(),
+		Pool: db.App, Participants: []string{ispb}, Logger: logger, Now: w.clock.Now, Directory: link.Directory(),
 		KeyEventsTopic:        "persistent://dict/events/claims-test-keys-" + db.Name,
 		ClaimEventsTopic:      "persistent://dict/events/claims-test-claims-" + db.Name,
 		DirectoryRequestTopic: reqTopic, DirectoryReplyTo: resTopic, ResponseOnce: link.ResponseOnce(),
@@ -669,7 +669,7 @@ func TestUnansweredPortabilityCancelledAndListClaims(t *testing.T) {
 	}
 	// Two instances of A run the scheduler at once: each claim is taken by
 	// one of them.
-	second := dict.NewService(dict.ServiceConfig{Pool: a.db.Pool, Now: w.clock.Now, Logger: testLogger(),
+	second := dict.NewService(dict.ServiceConfig{Pool: a.db.App, Participants: []string{a.ispb}, Now: w.clock.Now, Logger: testLogger(),
 		DirectoryRequestTopic: a.reqTopic, DirectoryReplyTo: a.resTopic})
 	var wg sync.WaitGroup
 	counts := make([]int, 2)

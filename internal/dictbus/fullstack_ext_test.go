@@ -1,6 +1,7 @@
 package dictbus_test
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"net/http/httptest"
@@ -53,6 +54,12 @@ type fullOpts struct {
 	simWorkers int
 	// withC adds a third stack, C, that only looks keys up.
 	withC bool
+	// relayPoll is the outbox relay's poll interval (default 20 ms, so
+	// that a lost notification costs a test little; production's is 1 s).
+	relayPoll time.Duration
+	// category is core-dict's participant category for its anti-scanning
+	// buckets (default A).
+	category string
 }
 
 type fullWorld struct {
@@ -171,7 +178,7 @@ func (w *fullWorld) newFullPSP(tb testing.TB, o fullOpts, ispb, reqTopic, resTop
 	}
 	tb.Cleanup(db.Close)
 	logger := testLogger()
-	link, err := dictbus.New(w.bus, db.Pool, dictbus.Config{
+	link, err := dictbus.New(w.bus, db.App, dictbus.Config{
 		RequestTopic: reqTopic, ResponseTopic: resTopic,
 		ReplyTopic:   dictbus.ReplyTopic(resTopic, "i1"),
 		Subscription: "core-dict", Logger: logger,
@@ -181,7 +188,7 @@ func (w *fullWorld) newFullPSP(tb testing.TB, o fullOpts, ispb, reqTopic, resTop
 	}
 	prefix := w.prefix + ispb + ":"
 	cfg := dict.ServiceConfig{
-		Pool: db.Pool, Logger: logger, Now: w.now, Directory: link.Directory(),
+		Pool: db.App, Participants: []string{ispb}, Logger: logger, Now: w.now, Directory: link.Directory(),
 		ParticipantNames:      map[string]string{ispbA: "Banco A", ispbB: "Banco B", ispbC: "Banco C"},
 		KeyEventsTopic:        "persistent://dict/events/e2e-test-keys-" + db.Name,
 		ClaimEventsTopic:      "persistent://dict/events/e2e-test-claims-" + db.Name,
@@ -196,7 +203,7 @@ func (w *fullWorld) newFullPSP(tb testing.TB, o fullOpts, ispb, reqTopic, resTop
 		if err != nil {
 			tb.Fatal(err)
 		}
-		cfg.AntiScan, _ = dict.NewAntiScan(dictcache.Buckets{TB: tbk}, "A")
+		cfg.AntiScan, _ = dict.NewAntiScan(dictcache.Buckets{TB: tbk}, cmp.Or(o.category, "A"))
 	}
 	if o.entryCache && ispb == ispbA {
 		// dictcache's entry cache has a fixed key prefix: only one stack of
@@ -205,10 +212,17 @@ func (w *fullWorld) newFullPSP(tb testing.TB, o fullOpts, ispb, reqTopic, resTop
 	}
 	svc := dict.NewService(cfg)
 	link.Start(svc)
+	// The relay runs as in production: the service's role, acting for the
+	// participant this instance serves.
+	relayPool, err := db.AppPoolFor(ctx, ispb)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(relayPool.Close)
 	relayCtx, stopRelay := context.WithCancel(ctx)
 	relayDone := make(chan error, 1)
 	go func() {
-		relayDone <- eventbus.NewRelay(db.Pool, w.bus.Pulsar(), eventbus.WithRelayPollInterval(20*time.Millisecond),
+		relayDone <- eventbus.NewRelay(relayPool, w.bus.Pulsar(), eventbus.WithRelayPollInterval(cmp.Or(o.relayPoll, 20*time.Millisecond)),
 			eventbus.WithRelayOwner("e2e-test-"+db.Name), eventbus.WithRelayLogger(logger)).Run(relayCtx)
 	}()
 	auth, err := rpc.NewAuthenticator(rpc.AuthConfig{HS256Secret: apiSecret, Participants: []string{ispb}, Audience: rpc.DefaultAudience})

@@ -56,7 +56,10 @@ func (c *EntryCache) Invalidate(ctx context.Context, key string) { c.wa.Invalida
 // Buckets adapts cachelayer's token bucket to dict's anti-scanning policy.
 type Buckets struct{ TB *cachelayer.TokenBucket }
 
-var _ dict.Buckets = Buckets{}
+var (
+	_ dict.Buckets     = Buckets{}
+	_ dict.BucketTaker = Buckets{}
+)
 
 func params(p dict.BucketParams) cachelayer.BucketParams {
 	return cachelayer.BucketParams{Capacity: p.Capacity, RefillTokens: p.RefillTokens, RefillPeriod: p.RefillPeriod}
@@ -69,6 +72,11 @@ func decision(d cachelayer.Decision, err error) (dict.BucketDecision, error) {
 // Check implements [dict.Buckets].
 func (b Buckets) Check(ctx context.Context, key string, p dict.BucketParams, min float64) (dict.BucketDecision, error) {
 	return decision(b.TB.Check(ctx, key, params(p), min))
+}
+
+// Take implements [dict.BucketTaker]: check and deduct in one Redis call.
+func (b Buckets) Take(ctx context.Context, key string, p dict.BucketParams, cost float64) (dict.BucketDecision, error) {
+	return decision(b.TB.Take(ctx, key, params(p), cost))
 }
 
 // Charge implements [dict.Buckets].
