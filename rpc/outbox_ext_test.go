@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"sort"
 	"strings"
 	"sync"
@@ -111,6 +112,7 @@ func TestAPIWritesDuringPulsarOutage(t *testing.T) {
 		return
 	}
 	t.Parallel()
+	child := outageChildBinary(t)
 	lockOutageBroker(t, outagePulsarPort)
 	// Registered after the lock's release, so it runs before it.
 	t.Cleanup(func() { privatePulsar(t, outagePulsarPort, "down") })
@@ -126,7 +128,7 @@ func TestAPIWritesDuringPulsarOutage(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), budget)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^TestAPIWritesDuringPulsarOutage$", "-test.v", "-test.count=1",
+	cmd := exec.CommandContext(ctx, child, "-test.run=^TestAPIWritesDuringPulsarOutage$", "-test.v", "-test.count=1",
 		"-test.timeout="+(budget-30*time.Second).String())
 	cmd.Env = append(os.Environ(), "RPC_OUTAGE_CHILD=1", "PULSAR_URL=pulsar://127.0.0.1:"+outagePulsarPort)
 	// Killed, the child takes its scripts/deps.sh along (its process group); the broker itself runs in a
@@ -145,6 +147,24 @@ func TestAPIWritesDuringPulsarOutage(t *testing.T) {
 		t.Fatalf("the test's body, run with PULSAR_URL=pulsar://127.0.0.1:%s: %v\n%s", outagePulsarPort, err, strings.Join(report, "\n"))
 	}
 	t.Logf("the test's body, run with PULSAR_URL=pulsar://127.0.0.1:%s:\n%s", outagePulsarPort, strings.Join(report, "\n"))
+}
+
+// outageChildBinary is the test binary the outage's body runs in: this one, or, when this one was built
+// with -race, the same package built without it. pulsar-client-go v0.19.0 has a data race of its own in
+// the reconnect path (internal/connection.go:430, run, against rpc_client.go:181, RequestOnCnx, reached
+// from partitionProducer.reconnectToBroker: only library frames on both sides), which the race detector
+// reports in a broker restart and which fails the test whatever our code does. The body's own code runs
+// under -race in TestAPIWritesReachConsumerExactlyOnceAtScale and the other tests of this package.
+func outageChildBinary(t *testing.T) string {
+	if !raceEnabled {
+		return os.Args[0]
+	}
+	bin := filepath.Join(t.TempDir(), "rpc-outage.test")
+	cmd := exec.Command("go", "test", "-c", "-o", bin, ".")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("build the outage's test binary without -race: %v\n%s", err, out)
+	}
+	return bin
 }
 
 // outageBody is TestAPIWritesDuringPulsarOutage in the child process; the private broker is up.
