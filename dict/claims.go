@@ -475,42 +475,13 @@ func titleAction(a ClaimAction) string {
 	return "ClaimAction"
 }
 
-// claimRequestOnce is RequestId idempotency for claim writes: false when
-// id is new (taken now), true with the first answer when it is a retry.
+// claimRequestOnce is RequestId idempotency for claim writes (see requestOnce).
 func (s *Service) claimRequestOnce(ctx context.Context, q *sqlc.Queries, id uuid.UUID, participant, op string, fp []byte) (Claim, bool, error) {
-	n, err := q.ClaimRequestID(ctx, sqlc.ClaimRequestIDParams{RequestID: id, Participant: participant, Operation: op, Fingerprint: fp})
-	if err != nil {
-		return Claim{}, false, err
-	}
-	if n == 1 {
-		return Claim{}, false, nil
-	}
-	prior, err := q.GetRequest(ctx, id)
-	if errors.Is(err, pgx.ErrNoRows) {
-		// Taken by another participant's request, which this
-		// transaction's participant set does not see.
-		prior, err = sqlc.Request{}, nil
-	}
-	if err != nil {
-		return Claim{}, false, err
-	}
-	if string(prior.Fingerprint) != string(fp) || prior.Response == nil {
-		return Claim{}, false, &Error{Kind: KindConflict, Reason: ReasonRequestIDAlreadyUsed, Field: "request_id",
-			Msg: "request_id was already used for a different request; use a new UUID for each request"}
-	}
-	var cl Claim
-	if err := json.Unmarshal(prior.Response, &cl); err != nil {
-		return Claim{}, false, err
-	}
-	return cl, true, nil
+	return requestOnce[Claim](ctx, q, id, participant, op, fp)
 }
 
 func (s *Service) answerClaimRequest(ctx context.Context, q *sqlc.Queries, id uuid.UUID, cl Claim) error {
-	b, err := json.Marshal(cl)
-	if err != nil {
-		return err
-	}
-	return q.SetRequestResponse(ctx, sqlc.SetRequestResponseParams{RequestID: id, Response: b})
+	return storeAnswer(ctx, q, id, cl)
 }
 
 // recordClaim writes the audit row of a claim's change, under its key.

@@ -141,11 +141,7 @@ func (s *Service) ApplyDirectoryResponse(ctx context.Context, resp *dictv1.Direc
 	if err != nil {
 		return dbError("apply directory response", err)
 	}
-	if s.cache != nil {
-		for _, k := range touched {
-			s.cache.Invalidate(ctx, k)
-		}
-	}
+	s.invalidate(ctx, touched)
 	return nil
 }
 

@@ -1113,16 +1113,26 @@ func (s *Service) GetSyncStatus(ctx context.Context, c Caller) ([]SyncStatus, er
 	return out, nil
 }
 
-// claimRequest takes a RequestId for this request. When the id was already
-// used, it returns the first answer (done) if the request is the same, and
-// RequestIdAlreadyUsed if it is not.
+// claimRequest takes a RequestId for an entry write (see requestOnce).
 func (s *Service) claimRequest(ctx context.Context, q *sqlc.Queries, id uuid.UUID, participant, op string, fp []byte) (Entry, bool, error) {
+	return requestOnce[Entry](ctx, q, id, participant, op, fp)
+}
+
+func (s *Service) answerRequest(ctx context.Context, q *sqlc.Queries, id uuid.UUID, e Entry) error {
+	return storeAnswer(ctx, q, id, e)
+}
+
+// requestOnce takes a RequestId for this request: false when id is new
+// (taken now); when it was already used, the first answer (true) if the
+// request is the same, and RequestIdAlreadyUsed if it is not.
+func requestOnce[T any](ctx context.Context, q *sqlc.Queries, id uuid.UUID, participant, op string, fp []byte) (T, bool, error) {
+	var zero T
 	n, err := q.ClaimRequestID(ctx, sqlc.ClaimRequestIDParams{RequestID: id, Participant: participant, Operation: op, Fingerprint: fp})
 	if err != nil {
-		return Entry{}, false, err
+		return zero, false, err
 	}
 	if n == 1 {
-		return Entry{}, false, nil
+		return zero, false, nil
 	}
 	prior, err := q.GetRequest(ctx, id)
 	if errors.Is(err, pgx.ErrNoRows) {
@@ -1131,21 +1141,22 @@ func (s *Service) claimRequest(ctx context.Context, q *sqlc.Queries, id uuid.UUI
 		prior, err = sqlc.Request{}, nil
 	}
 	if err != nil {
-		return Entry{}, false, err
+		return zero, false, err
 	}
 	if string(prior.Fingerprint) != string(fp) || prior.Response == nil {
-		return Entry{}, false, &Error{Kind: KindConflict, Reason: ReasonRequestIDAlreadyUsed, Field: "request_id",
+		return zero, false, &Error{Kind: KindConflict, Reason: ReasonRequestIDAlreadyUsed, Field: "request_id",
 			Msg: "request_id was already used for a different request; use a new UUID for each request"}
 	}
-	var e Entry
-	if err := json.Unmarshal(prior.Response, &e); err != nil {
-		return Entry{}, false, err
+	var answer T
+	if err := json.Unmarshal(prior.Response, &answer); err != nil {
+		return zero, false, err
 	}
-	return e, true, nil
+	return answer, true, nil
 }
 
-func (s *Service) answerRequest(ctx context.Context, q *sqlc.Queries, id uuid.UUID, e Entry) error {
-	b, err := json.Marshal(e)
+// storeAnswer stores a request's first answer, which a retry gets back.
+func storeAnswer[T any](ctx context.Context, q *sqlc.Queries, id uuid.UUID, answer T) error {
+	b, err := json.Marshal(answer)
 	if err != nil {
 		return err
 	}
