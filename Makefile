@@ -28,9 +28,11 @@ run: deps web build
 	./bin/core-dict dictsim & sim=$$!; trap 'kill $$sim 2>/dev/null' EXIT INT TERM; ./bin/core-dict serve
 
 ## test: the same services and Prometheus (the dashboards' test runs Debian's), then every check and test.
+## One package at a time (-p 1): the packages' tests each load the machine's 2 cores with Pulsar, the
+## race detector and (web) Chromium; side by side they starved each other into timeouts.
 test: deps web web-browser gen-check fmt-check tidy-check vet
 	scripts/deps.sh up prometheus
-	$(GO) test -race -count=1 -timeout=30m ./...
+	$(GO) test -race -count=1 -p 1 -timeout=30m ./...
 
 ## deps: install what is missing and start PostgreSQL, Redis, Pulsar and Jaeger (the traces of `run`,
 ## and the test that finds them there).

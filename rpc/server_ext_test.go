@@ -45,6 +45,9 @@ const (
 	partC = "11223344"
 )
 
+// testDirectoryTimeout is how long the tests' reads wait for the directory.
+const testDirectoryTimeout = 30 * time.Second
+
 var apiSecret = []byte("core-dict-test-secret-0123456789abcdef")
 
 // env is the one server and database of this package's tests.
@@ -163,10 +166,19 @@ func newStackOpts(db *testdb.DB, redisURL string, o stackOptions) (*stack, error
 	if resendAfter == 0 {
 		resendAfter = 3 * time.Second
 	}
+	// A test's reads wait longer than production's 5 s: on a loaded 2-core
+	// machine (make test runs packages side by side with Chromium and
+	// Pulsar) a reply can take seconds, and these tests are about what the
+	// answer is, not how fast it comes. The deadline itself is tested with
+	// 500 ms (TestLookupThroughDirectory).
+	directoryTimeout := o.directoryTimeout
+	if directoryTimeout == 0 {
+		directoryTimeout = testDirectoryTimeout
+	}
 	link, err := dictbus.New(bus, db.App, dictbus.Config{
 		RequestTopic: reqTopic(db), ResponseTopic: resTopic(db),
 		ReplyTopic:   dictbus.ReplyTopic(resTopic(db), uuid.NewString()[:8]),
-		Subscription: "core-dict-test", Timeout: o.directoryTimeout, ResendAfter: resendAfter,
+		Subscription: "core-dict-test", Timeout: directoryTimeout, ResendAfter: resendAfter,
 	})
 	if err != nil {
 		return nil, err

@@ -150,6 +150,7 @@ func (w *world) newPSP(t *testing.T, ispb, reqTopic string) (string, string) {
 	resTopic := w.ns + "-res-" + ispb
 	link, err := dictbus.New(w.bus, db.App, dictbus.Config{
 		RequestTopic: reqTopic, ResponseTopic: resTopic, ReplyTopic: dictbus.ReplyTopic(resTopic, "i1"),
+		Timeout:      30 * time.Second, // a loaded CI machine; the browser test is about screens, not latency
 		Subscription: "core-dict", Logger: logger,
 	})
 	if err != nil {

@@ -182,6 +182,10 @@ func (w *fullWorld) newFullPSP(tb testing.TB, o fullOpts, ispb, reqTopic, resTop
 		RequestTopic: reqTopic, ResponseTopic: resTopic,
 		ReplyTopic:   dictbus.ReplyTopic(resTopic, "i1"),
 		Subscription: "core-dict", Logger: logger,
+		// Longer than production's 5 s: on a loaded 2-core machine (make
+		// test runs packages side by side with Chromium and Pulsar) a reply
+		// can take seconds, and these tests are about the answers.
+		Timeout: 30 * time.Second,
 	})
 	if err != nil {
 		tb.Fatal(err)
