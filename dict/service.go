@@ -104,8 +104,13 @@ const MaxDirectoryCacheTTL = 180 * time.Second
 // instance never serves the older value again.
 type EntryCache interface {
 	// Get returns the cached entry of key, or load's result (cached) on a
-	// miss. When the cache fails it returns load's result.
-	Get(ctx context.Context, key string, load func(context.Context) (Entry, error)) (Entry, error)
+	// miss; found is false when the key has no entry that participant (the
+	// caller, whose rows load can see) may read. An absence is cached too,
+	// for that participant only, so that looking up other participants'
+	// keys does not read the database each time; every change of an entry
+	// (Put, Invalidate) drops it like any cached value. When the cache
+	// fails it returns load's result.
+	Get(ctx context.Context, key, participant string, load func(context.Context) (Entry, bool, error)) (e Entry, found bool, err error)
 	// Put stores e after the database committed it; version orders writes
 	// so an older value never replaces a newer one.
 	Put(ctx context.Context, key string, e Entry, version int64)
@@ -459,24 +464,34 @@ var errNoOwnEntry = E(KindNotFound, ReasonEntryNotFound, "no entry for this key 
 // every participant this instance serves, so the caller still checks the
 // entry's participant; the database shows only the caller's.
 func (s *Service) entry(ctx context.Context, c Caller, key string) (Entry, error) {
-	load := func(ctx context.Context) (Entry, error) {
+	load := func(ctx context.Context) (Entry, bool, error) {
 		var row sqlc.Entry
 		err := s.read(ctx, only(c), func(q *sqlc.Queries) (err error) {
 			row, err = q.GetEntry(ctx, key)
 			return err
 		})
 		if errors.Is(err, pgx.ErrNoRows) {
-			return Entry{}, errNoOwnEntry
+			return Entry{}, false, nil
 		}
 		if err != nil {
-			return Entry{}, dbError("get key", err)
+			return Entry{}, false, dbError("get key", err)
 		}
-		return entryFromRow(row), nil
+		return entryFromRow(row), true, nil
 	}
+	var (
+		e     Entry
+		found bool
+		err   error
+	)
 	if s.cache == nil {
-		return load(ctx)
+		e, found, err = load(ctx)
+	} else {
+		e, found, err = s.cache.Get(ctx, key, c.Participant, load)
 	}
-	return s.cache.Get(ctx, key, load)
+	if err == nil && !found {
+		err = errNoOwnEntry
+	}
+	return e, err
 }
 
 // ListKeysInput filters and pages ListKeys. With an account (branch, number

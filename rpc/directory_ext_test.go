@@ -847,3 +847,58 @@ func TestResendWaitsForPublicationAndBacksOff(t *testing.T) {
 	exec("UPDATE outbox SET published_at = now() - interval '1 hour' WHERE aggregate_id = $1", e.Key)
 	resend(0)
 }
+
+// TestLookupAfterKeyBecomesOwn: the entry cache remembers that a key has
+// no entry here (most lookups are of other participants' keys), and every
+// change of the key drops that: once the key is created here it is
+// answered locally, never sent; once deleted it is asked of the directory
+// again. Another participant of the same instance still gets the
+// directory's answer for it.
+func TestLookupAfterKeyBecomesOwn(t *testing.T) {
+	t.Parallel()
+	dir, err := directoryOf(env.db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, b := client(t, partA), client(t, partB)
+	key := newEmail()
+	lookup := func(c dictv1connect.CoreDictServiceClient, ispb string) (*dictv1.LookupKeyResponse, error) {
+		e2e := "E" + ispb + newE2E()[9:]
+		return c.LookupKey(context.Background(), &dictv1.LookupKeyRequest{Key: key, PayerId: newCPF(), EndToEndId: e2e})
+	}
+	for i := range 2 {
+		_, err := lookup(a, partA)
+		wantErr(t, err, connect.CodeNotFound, dict.ReasonEntryNotFound)
+		if n := dir.count("get " + key); n != i+1 {
+			t.Fatalf("lookup %d of a key held nowhere: directory asked %d times, want %d", i+1, n, i+1)
+		}
+	}
+
+	// A natural person's key: the directory's answers about it are never
+	// cached, so each lookup that is not answered locally reaches it.
+	mustCreate(t, a, createReq(dictv1.KeyType_KEY_TYPE_EMAIL, key, account(partA), naturalOwner(newCPF())))
+	res, err := lookup(a, partA)
+	if err != nil {
+		t.Fatalf("lookup of the key once it is A's: %v", err)
+	}
+	if p := res.GetEntry().GetAccount().GetParticipant(); p != partA {
+		t.Fatalf("lookup answered participant %s, want %s", p, partA)
+	}
+	if n := dir.count("get " + key); n != 2 {
+		t.Fatalf("own key sent to the directory: asked %d times in all, want still 2", n)
+	}
+	// B, served by the same instance, does not hold it: B asks the directory.
+	if _, err := lookup(b, partB); err != nil {
+		t.Fatalf("B's lookup of A's key: %v", err)
+	}
+	if n := dir.count("get " + key); n != 3 {
+		t.Fatalf("B's lookup of A's key: directory asked %d times in all, want 3", n)
+	}
+
+	mustDelete(t, a, key, dictv1.Reason_REASON_USER_REQUESTED)
+	_, err = lookup(a, partA)
+	wantErr(t, err, connect.CodeNotFound, dict.ReasonEntryNotFound)
+	if n := dir.count("get " + key); n != 4 {
+		t.Fatalf("lookup after the delete: directory asked %d times in all, want 4", n)
+	}
+}
