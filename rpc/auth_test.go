@@ -822,3 +822,39 @@ func TestInterceptorStreaming(t *testing.T) {
 		})
 	}
 }
+
+// TestVerifiedTokenStillExpires: a token that passed once is remembered,
+// but only until its exp: after that the same token is refused, and a
+// token that fails is refused every time (a forged one never becomes
+// good by being sent again).
+func TestVerifiedTokenStillExpires(t *testing.T) {
+	t.Parallel()
+	var mu sync.Mutex
+	now := testNow
+	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	client := newClients(t, rpc.AuthConfig{HS256Secret: testSecret, Now: clock})[getKeyProcedure]
+	call := func(tok string) error {
+		req := connect.NewRequest(&emptypb.Empty{})
+		req.Header().Set("Authorization", "Bearer "+tok)
+		_, err := client.CallUnary(context.Background(), req)
+		return err
+	}
+	good := sign(t, jwt.SigningMethodHS256, "", claims("dict.read"), testSecret)
+	for i := range 3 {
+		if err := call(good); err != nil {
+			t.Fatalf("call %d with a valid token: %v", i+1, err)
+		}
+	}
+	forged := sign(t, jwt.SigningMethodHS256, "", claims("dict.read"), []byte("not-the-secret-not-the-secret-0123"))
+	for i := range 2 {
+		if code := connect.CodeOf(call(forged)); code != connect.CodeUnauthenticated {
+			t.Fatalf("forged token, call %d: %v, want unauthenticated", i+1, code)
+		}
+	}
+	mu.Lock()
+	now = testNow.Add(time.Hour + time.Second) // past exp
+	mu.Unlock()
+	if code := connect.CodeOf(call(good)); code != connect.CodeUnauthenticated {
+		t.Fatalf("the remembered token after its exp: %v, want unauthenticated", code)
+	}
+}
