@@ -26,7 +26,6 @@ import (
 	"syscall"
 	"time"
 
-	"connectrpc.com/connect"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
@@ -321,7 +320,7 @@ func runServe(args []string) error {
 		return err
 	}
 	antiScan, _ := dict.NewAntiScan(dictcache.Buckets{TB: buckets}, cfg.ParticipantCategory)
-	requests, err := newRequestLimiter(cfg, redis, reg, logger)
+	ipLimiter, accountLimiter, err := newRequestLimiters(cfg, redis, reg, logger)
 	if err != nil {
 		return err
 	}
@@ -418,7 +417,8 @@ func runServe(args []string) error {
 		Metrics:         rpc.NewMetrics(reg),
 		Logger:          logger,
 		MaxRequestBytes: cfg.MaxRequestBytes,
-		Interceptors:    []connect.Interceptor{rpc.RateLimitInterceptor(requests)},
+		IPLimiter:       ipLimiter,
+		AccountLimiter:  accountLimiter,
 		// The browser console at / (web/; `make web` builds it).
 		Console:            web.Handler(),
 		CORSAllowedOrigins: cfg.CORSAllowedOrigins,
@@ -610,24 +610,24 @@ func runToken(args []string) error {
 	return nil
 }
 
-// newRequestLimiter builds the per-IP and per-account GCRA limiters
+// newRequestLimiters builds the per-IP and per-account GCRA limiters
 // (redis_rate's algorithm and scripts, run over the shared rueidis client:
 // one client, pipelined, reconnecting, about 1.5x the throughput of a
-// go-redis pool here) and the multi-key limiter that needs both to allow.
-func newRequestLimiter(cfg config, redis *cachelayer.Client, reg prometheus.Registerer, logger *slog.Logger) (*cachelayer.MultiKeyLimiter, error) {
+// go-redis pool here). The server runs the IP one before authentication
+// and the account one after it.
+func newRequestLimiters(cfg config, redis *cachelayer.Client, reg prometheus.Registerer, logger *slog.Logger) (ip, account rpc.KeyLimiter, err error) {
 	rdb := cachelayer.NewRueidisScripter(redis)
-	ip, err := cachelayer.NewIPRateLimiter(rdb, cachelayer.RatePerSecond(cfg.RateLimitIP),
+	ip, err = cachelayer.NewIPRateLimiter(rdb, cachelayer.RatePerSecond(cfg.RateLimitIP),
 		cachelayer.WithLimitRegisterer(reg), cachelayer.WithLimitLogger(logger))
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	account, err := cachelayer.NewAccountRateLimiter(rdb, cachelayer.RatePerSecond(cfg.RateLimitAccount),
+	account, err = cachelayer.NewAccountRateLimiter(rdb, cachelayer.RatePerSecond(cfg.RateLimitAccount),
 		cachelayer.WithLimitRegisterer(reg), cachelayer.WithLimitLogger(logger))
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	return cachelayer.NewMultiKeyLimiter([]cachelayer.KeyedLimiter{ip, account},
-		cachelayer.WithLimitRegisterer(reg), cachelayer.WithLimitLogger(logger))
+	return ip, account, nil
 }
 
 // defaultInstanceID names this process for its reply topic: the host name

@@ -15,7 +15,6 @@ import (
 
 	"github.com/lbpay-lab/core-dict/cachelayer"
 	"github.com/lbpay-lab/core-dict/dict"
-	"github.com/lbpay-lab/core-dict/rpc"
 	dictv1 "github.com/lbpay-lab/core-dict/rpc/dict/v1"
 	"github.com/lbpay-lab/core-dict/rpc/dict/v1/dictv1connect"
 )
@@ -389,11 +388,7 @@ func TestRequestRateLimits(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	multi, err := cachelayer.NewMultiKeyLimiter([]cachelayer.KeyedLimiter{ip, account})
-	if err != nil {
-		t.Fatal(err)
-	}
-	st, err := newStackWith(env.db, redisTestURL(), nil, rpc.RateLimitInterceptor(multi))
+	st, err := newStackOpts(env.db, redisTestURL(), stackOptions{ipLimiter: ip, accountLimiter: account})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -135,14 +135,13 @@ func newHostileEnv(t *testing.T) *hostileEnv {
 		t.Fatal(err)
 	}
 	t.Cleanup(redis.Close)
-	limiter := edgeLimiter(t, redis, "hostile-"+db.Name, 100000)
+	ipLimiter, accountLimiter := edgeLimiters(t, redis, "hostile-"+db.Name, 100000)
 	logger := logmask.Logger(slog.New(slog.NewJSONHandler(h.logs, &slog.HandlerOptions{Level: slog.LevelDebug})))
 	h.spans = tracetest.NewSpanRecorder()
 	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(h.spans))
 	t.Cleanup(func() { _ = tp.Shutdown(context.Background()) })
 	h.st, err = newStackOpts(db, redisTestURL(), stackOptions{
-		logger: logger, auth: auth, tp: tp,
-		interceptors: []connect.Interceptor{rpc.RateLimitInterceptor(limiter)},
+		logger: logger, auth: auth, tp: tp, ipLimiter: ipLimiter, accountLimiter: accountLimiter,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -170,8 +169,9 @@ func newHostileEnv(t *testing.T) *hostileEnv {
 	return h
 }
 
-// edgeLimiter is main.go's request limiter with rps per IP and per account.
-func edgeLimiter(t *testing.T, redis *cachelayer.Client, prefix string, rps int) rpc.RequestLimiter {
+// edgeLimiters are main.go's request limiters with rps per IP and per
+// account.
+func edgeLimiters(t *testing.T, redis *cachelayer.Client, prefix string, rps int) (ip, account rpc.KeyLimiter) {
 	t.Helper()
 	rdb := cachelayer.NewRueidisScripter(redis)
 	ip, err := cachelayer.NewIPRateLimiter(rdb, cachelayer.RatePerSecond(rps), cachelayer.WithLimitKeyPrefix("limit:ip:"+prefix),
@@ -179,16 +179,12 @@ func edgeLimiter(t *testing.T, redis *cachelayer.Client, prefix string, rps int)
 	if err != nil {
 		t.Fatal(err)
 	}
-	acc, err := cachelayer.NewAccountRateLimiter(rdb, cachelayer.RatePerSecond(rps), cachelayer.WithLimitKeyPrefix("limit:acc:"+prefix),
+	account, err = cachelayer.NewAccountRateLimiter(rdb, cachelayer.RatePerSecond(rps), cachelayer.WithLimitKeyPrefix("limit:acc:"+prefix),
 		cachelayer.WithLimitRegisterer(prometheus.NewRegistry()))
 	if err != nil {
 		t.Fatal(err)
 	}
-	m, err := cachelayer.NewMultiKeyLimiter([]cachelayer.KeyedLimiter{ip, acc}, cachelayer.WithLimitRegisterer(prometheus.NewRegistry()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return m
+	return ip, account
 }
 
 // fixtures: a CPF key of A's, an e-mail key of B's, and a claim of B's; then
@@ -1167,15 +1163,21 @@ func (panicky) WrapStreamingHandler(next connect.StreamingHandlerFunc) connect.S
 // service panics) with logs into buf.
 func miniServer(t *testing.T, svc *dictServiceRef, buf *syncBuffer, reg *prometheus.Registry, interceptors ...connect.Interceptor) string {
 	t.Helper()
+	return miniServerWith(t, svc, buf, reg, func(cfg *rpc.ServerConfig) { cfg.Interceptors = interceptors })
+}
+
+// miniServerWith is miniServer with its configuration changed by edit.
+func miniServerWith(t *testing.T, svc *dictServiceRef, buf *syncBuffer, reg *prometheus.Registry, edit func(*rpc.ServerConfig)) string {
+	t.Helper()
 	auth, err := rpc.NewAuthenticator(rpc.AuthConfig{HS256Secret: apiSecret, Participants: []string{partA, partB}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg := rpc.ServerConfig{Auth: auth, Metrics: rpc.NewMetrics(reg),
-		Logger: slog.New(slog.NewJSONHandler(buf, nil)), Interceptors: interceptors}
+	cfg := rpc.ServerConfig{Auth: auth, Metrics: rpc.NewMetrics(reg), Logger: slog.New(slog.NewJSONHandler(buf, nil))}
 	if svc != nil {
 		cfg.Service = svc.svc
 	}
+	edit(&cfg)
 	s := httptest.NewUnstartedServer(rpc.NewMux(cfg))
 	s.Config.Protocols = new(http.Protocols)
 	s.Config.Protocols.SetHTTP1(true)
@@ -1289,8 +1291,11 @@ func metricSumOf(t *testing.T, reg *prometheus.Registry, name string) float64 {
 
 // TestEdgeRateLimits: the per-IP and per-account limiters (redis_rate's
 // GCRA in Redis) refuse with RESOURCE_EXHAUSTED, reason RateLimited and a
-// RetryInfo, per account first and per IP across accounts. The rates are
-// per hour so that no refill can happen during the test.
+// RetryInfo, per account, and per IP across accounts. The IP limit comes
+// before authentication: every request from the address counts, and once
+// it is spent a request with a forged token is refused unverified
+// (RESOURCE_EXHAUSTED, not UNAUTHENTICATED). The rates are per hour so that
+// no refill can happen during the test.
 func TestEdgeRateLimits(t *testing.T) {
 	t.Parallel()
 	rc := cachelayer.DefaultConfig()
@@ -1304,7 +1309,7 @@ func TestEdgeRateLimits(t *testing.T) {
 	t.Cleanup(redis.Close)
 	rdb := cachelayer.NewRueidisScripter(redis)
 	prefix := "hostile-limits-" + uuid.NewString()
-	ip, err := cachelayer.NewIPRateLimiter(rdb, cachelayer.RateLimit{Rate: 3, Burst: 3, Period: time.Hour},
+	ip, err := cachelayer.NewIPRateLimiter(rdb, cachelayer.RateLimit{Rate: 4, Burst: 4, Period: time.Hour},
 		cachelayer.WithLimitKeyPrefix("limit:ip:"+prefix), cachelayer.WithLimitRegisterer(prometheus.NewRegistry()))
 	if err != nil {
 		t.Fatal(err)
@@ -1314,18 +1319,19 @@ func TestEdgeRateLimits(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	limiter, err := cachelayer.NewMultiKeyLimiter([]cachelayer.KeyedLimiter{ip, acc}, cachelayer.WithLimitRegisterer(prometheus.NewRegistry()))
-	if err != nil {
-		t.Fatal(err)
-	}
 	var logs syncBuffer
-	url := miniServer(t, &dictServiceRef{env.stack.svc}, &logs, prometheus.NewRegistry(), rpc.RateLimitInterceptor(limiter))
+	url := miniServerWith(t, &dictServiceRef{env.stack.svc}, &logs, prometheus.NewRegistry(), func(cfg *rpc.ServerConfig) {
+		cfg.IPLimiter, cfg.AccountLimiter = ip, acc
+	})
+	withToken := func(tok string) dictv1connect.CoreDictServiceClient {
+		return dictv1connect.NewCoreDictServiceClient(&http.Client{Transport: bearerOver{tok, http1Transport}}, url, connect.WithProtoJSON())
+	}
 	as := func(sub, ispb string) dictv1connect.CoreDictServiceClient {
 		tok, err := rpc.IssueToken(apiSecret, sub, ispb, []string{rpc.ScopeRead}, time.Hour)
 		if err != nil {
 			t.Fatal(err)
 		}
-		return dictv1connect.NewCoreDictServiceClient(&http.Client{Transport: bearerOver{tok, http1Transport}}, url, connect.WithProtoJSON())
+		return withToken(tok)
 	}
 	status := func(c dictv1connect.CoreDictServiceClient) error {
 		_, err := c.GetSyncStatus(context.Background(), &dictv1.GetSyncStatusRequest{})
@@ -1346,16 +1352,26 @@ func TestEdgeRateLimits(t *testing.T) {
 			t.Errorf("%s: leaks %q: %v", what, m, err)
 		}
 	}
+	forgedTok, err := rpc.IssueToken([]byte("not-the-service-secret-0123456789abcdef"), "mallory", partA, []string{rpc.ScopeRead}, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	forged := withToken(forgedTok)
 	a1, a2, b1 := as("alice", partA), as("bob", partA), as("carol", partB)
-	if err := status(a1); err != nil {
+	if err := status(a1); err != nil { // the address's 1st request
 		t.Fatalf("first request: %v", err)
 	}
-	limited("alice's second request (account)", status(a1))
-	if err := status(a2); err != nil {
+	limited("alice's second request (account)", status(a1)) // 2nd
+	if err := status(a2); err != nil {                      // 3rd
 		t.Fatalf("bob, same IP, other account: %v", err)
 	}
-	if err := status(b1); err != nil {
-		t.Fatalf("carol, same IP, other participant: %v", err)
+	// A forged token, while the address has requests left, is verified
+	// and refused as such.
+	if code := connect.CodeOf(status(forged)); code != connect.CodeUnauthenticated { // 4th
+		t.Fatalf("forged token within the IP's allowance: %v, want unauthenticated", code)
 	}
-	limited("a fourth account from the same IP", status(as("dave", partB)))
+	// The address has spent its 4: the same forged token is now refused
+	// before authentication, and so is a good one of another account.
+	limited("a forged token beyond the IP's allowance", status(forged))
+	limited("carol, a new account from the same IP", status(b1))
 }

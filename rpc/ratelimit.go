@@ -13,31 +13,48 @@ import (
 	"github.com/lbpay-lab/core-dict/dict"
 )
 
-// RequestLimiter decides whether a request may go ahead given its keys,
-// in order: the caller's IP, then its account (participant and subject).
-// cachelayer's MultiKeyLimiter over the per-IP and per-account GCRA
-// limiters is the production one.
-type RequestLimiter interface {
-	Decide(ctx context.Context, keys ...string) (cachelayer.Decision, error)
+// KeyLimiter decides whether one more request of key may go ahead, and
+// counts it when it may: cachelayer's per-IP and per-account GCRA limiters
+// (redis_rate's algorithm in Redis) are the production ones.
+type KeyLimiter interface {
+	Decide(ctx context.Context, key string) (cachelayer.Decision, error)
 }
 
-// RateLimitInterceptor refuses requests beyond the per-IP and per-account
-// rates with RESOURCE_EXHAUSTED and a RetryInfo detail. It runs after
-// authentication, so the account is the authenticated one. A limiter
-// failure lets the request through (the limiters fall back in process on
-// their own; an error here is a bug, not an outage) and is logged.
-func RateLimitInterceptor(l RequestLimiter) connect.UnaryInterceptorFunc {
+// ipRateLimit refuses requests beyond the per-IP rate, keyed "ip:<host>".
+// [NewMux] runs it before authentication, so that a flood of requests with
+// forged or expired tokens is refused before any of them is verified, and
+// every request an address sends counts, whatever its token.
+func ipRateLimit(l KeyLimiter) connect.UnaryInterceptorFunc {
+	return rateLimit(l, func(_ context.Context, req connect.AnyRequest) string {
+		ip := req.Peer().Addr
+		if host, _, err := net.SplitHostPort(ip); err == nil {
+			ip = host
+		}
+		return "ip:" + ip
+	})
+}
+
+// accountRateLimit refuses requests beyond the per-account rate, keyed
+// "account:<participant>:<subject>" of the authenticated caller. [NewMux]
+// runs it after authentication.
+func accountRateLimit(l KeyLimiter) connect.UnaryInterceptorFunc {
+	return rateLimit(l, func(ctx context.Context, _ connect.AnyRequest) string {
+		account := "anonymous"
+		if p, ok := PrincipalFrom(ctx); ok {
+			account = p.Participant + ":" + p.Subject
+		}
+		return "account:" + account
+	})
+}
+
+// rateLimit refuses with RESOURCE_EXHAUSTED, reason RateLimited and a
+// RetryInfo what l refuses. A limiter failure lets the request through (the
+// limiters fall back in process on their own; an error here is a bug, not
+// an outage).
+func rateLimit(l KeyLimiter, key func(context.Context, connect.AnyRequest) string) connect.UnaryInterceptorFunc {
 	return func(next connect.UnaryFunc) connect.UnaryFunc {
 		return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
-			ip := req.Peer().Addr
-			if host, _, err := net.SplitHostPort(ip); err == nil {
-				ip = host
-			}
-			account := "anonymous"
-			if p, ok := PrincipalFrom(ctx); ok {
-				account = p.Participant + ":" + p.Subject
-			}
-			d, err := l.Decide(ctx, "ip:"+ip, "account:"+account)
+			d, err := l.Decide(ctx, key(ctx, req))
 			if err == nil && !d.Allowed {
 				e := connect.NewError(connect.CodeResourceExhausted, errors.New("too many requests; retry after "+d.RetryAfter.String()))
 				addDetail(e, &errdetails.ErrorInfo{Reason: dict.ReasonRateLimited, Domain: ErrorDomain})

@@ -29,8 +29,15 @@ type ServerConfig struct {
 	Metrics         *Metrics
 	Logger          *slog.Logger
 	MaxRequestBytes int
-	// Extra interceptors run after authentication, before the handler
-	// (limiters).
+	// IPLimiter, when set, limits CoreDictService requests per client
+	// address BEFORE authentication (a flood of forged tokens is refused
+	// unverified); AccountLimiter, when set, per authenticated account
+	// (participant and subject) after it. Refusals are RESOURCE_EXHAUSTED
+	// with reason RateLimited and a RetryInfo.
+	IPLimiter      KeyLimiter
+	AccountLimiter KeyLimiter
+	// Extra interceptors run after authentication and the account limit,
+	// before the handler.
 	Interceptors []connect.Interceptor
 	// TracerProvider starts one server span per RPC, a child of the caller's
 	// traceparent when it sends one (default: otel.GetTracerProvider(), looked
@@ -60,7 +67,14 @@ func NewMux(cfg ServerConfig) *http.ServeMux {
 		cfg.MaxRequestBytes = DefaultMaxRequestBytes
 	}
 	interceptors := []connect.Interceptor{newServerTracing(cfg.TracerProvider), observe(cfg.Metrics, cfg.Logger),
-		recoverInterceptor(cfg.Logger, cfg.Metrics), cfg.Auth.Interceptor()}
+		recoverInterceptor(cfg.Logger, cfg.Metrics)}
+	if cfg.IPLimiter != nil {
+		interceptors = append(interceptors, ipRateLimit(cfg.IPLimiter))
+	}
+	interceptors = append(interceptors, cfg.Auth.Interceptor())
+	if cfg.AccountLimiter != nil {
+		interceptors = append(interceptors, accountRateLimit(cfg.AccountLimiter))
+	}
 	interceptors = append(interceptors, cfg.Interceptors...)
 	mux := http.NewServeMux()
 	path, h := dictv1connect.NewCoreDictServiceHandler(

@@ -140,6 +140,8 @@ type stackOptions struct {
 	// 3 s, so that TestLostRequestIsSentAgain need not wait long).
 	resendAfter  time.Duration
 	interceptors []connect.Interceptor
+	// ipLimiter and accountLimiter are the edge limiters (none by default).
+	ipLimiter, accountLimiter rpc.KeyLimiter
 	// logger, when set, replaces the discarding logger of the service and
 	// the server (the hostile-input suite reads what they log).
 	logger *slog.Logger
@@ -268,6 +270,8 @@ func newStackOpts(db *testdb.DB, redisURL string, o stackOptions) (*stack, error
 		Logger:  logger,
 
 		Interceptors:   interceptors,
+		IPLimiter:      o.ipLimiter,
+		AccountLimiter: o.accountLimiter,
 		TracerProvider: tp,
 	})
 	s := httptest.NewUnstartedServer(mux)

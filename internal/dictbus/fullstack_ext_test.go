@@ -11,7 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"connectrpc.com/connect"
 	"github.com/google/uuid"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
@@ -233,12 +232,11 @@ func (w *fullWorld) newFullPSP(tb testing.TB, o fullOpts, ispb, reqTopic, resTop
 	if err != nil {
 		tb.Fatal(err)
 	}
-	var interceptors []connect.Interceptor
+	scfg := rpc.ServerConfig{Service: svc, Auth: auth, Metrics: rpc.NewMetrics(prometheus.NewRegistry()), Logger: logger}
 	if o.limiters > 0 {
-		interceptors = append(interceptors, rpc.RateLimitInterceptor(requestLimiter(tb, w.redis, prefix, o.limiters)))
+		scfg.IPLimiter, scfg.AccountLimiter = requestLimiters(tb, w.redis, prefix, o.limiters)
 	}
-	srv := httptest.NewUnstartedServer(rpc.NewMux(rpc.ServerConfig{Service: svc, Auth: auth,
-		Metrics: rpc.NewMetrics(prometheus.NewRegistry()), Logger: logger, Interceptors: interceptors}))
+	srv := httptest.NewUnstartedServer(rpc.NewMux(scfg))
 	srv.Start()
 	tb.Cleanup(func() {
 		srv.Close()
@@ -253,8 +251,8 @@ func (w *fullWorld) newFullPSP(tb testing.TB, o fullOpts, ispb, reqTopic, resTop
 	return &pspStack{ispb: ispb, db: db, svc: svc, srv: srv, client: clientWith(srv, tok), reqTopic: reqTopic, resTopic: resTopic}
 }
 
-// requestLimiter is main's per-IP and per-account limiter pair, at rps each.
-func requestLimiter(tb testing.TB, redis *cachelayer.Client, prefix string, rps int) rpc.RequestLimiter {
+// requestLimiters are main's per-IP and per-account limiters, at rps each.
+func requestLimiters(tb testing.TB, redis *cachelayer.Client, prefix string, rps int) (ip, account rpc.KeyLimiter) {
 	tb.Helper()
 	rdb := cachelayer.NewRueidisScripter(redis)
 	ip, err := cachelayer.NewIPRateLimiter(rdb, cachelayer.RatePerSecond(rps), cachelayer.WithLimitKeyPrefix("limit:ip:"+prefix),
@@ -262,16 +260,12 @@ func requestLimiter(tb testing.TB, redis *cachelayer.Client, prefix string, rps 
 	if err != nil {
 		tb.Fatal(err)
 	}
-	acc, err := cachelayer.NewAccountRateLimiter(rdb, cachelayer.RatePerSecond(rps), cachelayer.WithLimitKeyPrefix("limit:acc:"+prefix),
+	account, err = cachelayer.NewAccountRateLimiter(rdb, cachelayer.RatePerSecond(rps), cachelayer.WithLimitKeyPrefix("limit:acc:"+prefix),
 		cachelayer.WithLimitRegisterer(prometheus.NewRegistry()))
 	if err != nil {
 		tb.Fatal(err)
 	}
-	m, err := cachelayer.NewMultiKeyLimiter([]cachelayer.KeyedLimiter{ip, acc}, cachelayer.WithLimitRegisterer(prometheus.NewRegistry()))
-	if err != nil {
-		tb.Fatal(err)
-	}
-	return m
+	return ip, account
 }
 
 // dirVSync asks the simulated DICT for participant's VSync of a key type,
