@@ -40,6 +40,38 @@ func WithLoadLockTTL(d time.Duration) CacheOption { return func(s *cacheSettings
 // WithLoadWait bounds how long a [CacheAside] caller waits for another instance's loader.
 func WithLoadWait(d time.Duration) CacheOption { return func(s *cacheSettings) { s.wait = d } }
 
+// Get returns key's cached value without loading it; ok is false on a miss, and when Redis fails (the
+// caller then takes its loading path, [CacheAside.GetOrLoad], which falls back on its own). A miss is not
+// counted here: the GetOrLoad that follows counts it.
+func (a *CacheAside[T]) Get(ctx context.Context, key string, ttl time.Duration) (v T, ok bool) {
+	if ttl <= 0 {
+		return v, false
+	}
+	rc, err := a.c.Rueidis()
+	if err != nil {
+		return v, false
+	}
+	start := time.Now()
+	res := rc.DoCache(ctx, rc.B().Get().Key(a.prefix+"{"+key+"}").Cache(), ttl)
+	raw, err := res.AsBytes()
+	if err != nil {
+		if !rueidis.IsRedisNil(err) && ctx.Err() == nil {
+			a.c.Failed(ctx, err)
+		}
+		return v, false
+	}
+	if v, ok = caDecode[T](a.s.codec, raw); !ok {
+		return v, false
+	}
+	if res.IsCacheHit() {
+		a.c.metrics.hitsLocal.Inc()
+	} else {
+		a.c.metrics.observe("get", start)
+		a.c.metrics.hitsRedis.Inc()
+	}
+	return v, true
+}
+
 // GetOrLoad returns key's cached value, or loads it (once across instances, see [CacheAside]) and caches
 // it for ttl when load says it may be cached. A ttl of 0 or less never caches.
 func (a *CacheAside[T]) GetOrLoad(ctx context.Context, key string, ttl time.Duration, load func(context.Context) (T, bool, error)) (T, error) {

@@ -219,3 +219,32 @@ func TestCacheAsideFallsBackWhileRedisIsDown(t *testing.T) {
 		t.Errorf("loads after recovery = %d, want 4 (one load, then cache hits)", n)
 	}
 }
+
+// Get answers only what is cached, and never loads: a miss, then the value
+// a GetOrLoad cached, and a miss again for a value its loader said not to
+// cache.
+func TestCacheAsideGet(t *testing.T) {
+	t.Parallel()
+	prefix := clPrefix(t)
+	ca := cachelayer.NewCacheAside[caAnswer](clClient(t, redisURL()), prefix)
+	ctx := context.Background()
+	if v, ok := ca.Get(ctx, "k", time.Minute); ok {
+		t.Fatalf("Get before anything was cached = %+v, want a miss", v)
+	}
+	if _, err := ca.GetOrLoad(ctx, "k", time.Minute, func(context.Context) (caAnswer, bool, error) {
+		return caAnswer{Key: "k", Owner: "o"}, true, nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if v, ok := ca.Get(ctx, "k", time.Minute); !ok || v.Owner != "o" {
+		t.Fatalf("Get after GetOrLoad cached it = (%+v, %v), want the value", v, ok)
+	}
+	if _, err := ca.GetOrLoad(ctx, "private", time.Minute, func(context.Context) (caAnswer, bool, error) {
+		return caAnswer{Key: "private"}, false, nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if v, ok := ca.Get(ctx, "private", time.Minute); ok {
+		t.Fatalf("Get of a value its loader said not to cache = %+v, want a miss", v)
+	}
+}

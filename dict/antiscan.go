@@ -160,12 +160,13 @@ func (a *AntiScan) AdmitParticipant(ctx context.Context, participant string) err
 	return nil
 }
 
-// TakeOwn admits and charges, in one step when the store can
-// ([BucketTaker]), a lookup answered from this PSP's own data: the key is
-// found, so it costs the payer 1; it is refused, and costs nothing, when
-// the payer's bucket holds less than one token. The participant's bucket
-// is not involved (the DICT never sees the lookup).
-func (a *AntiScan) TakeOwn(ctx context.Context, payerType OwnerType, payerID string) error {
+// TakeAnswered admits and charges, in one step when the store can
+// ([BucketTaker]), a lookup answered here (an own key, or a cached answer
+// of the directory): the key is found, so it costs the payer 1; it is
+// refused, and costs nothing, when the payer's bucket holds less than one
+// token. The participant's bucket is not involved (the DICT never sees the
+// lookup).
+func (a *AntiScan) TakeAnswered(ctx context.Context, payerType OwnerType, payerID string) error {
 	key, p := payerBucketKey(payerID), userBucket(payerType)
 	if t, ok := a.buckets.(BucketTaker); ok {
 		d, err := t.Take(ctx, key, p, CostFoundUser)

@@ -92,6 +92,8 @@ type ServiceConfig struct {
 // for its result; the result is cached for ttl only when load says so.
 type DirectoryCache interface {
 	GetOrLoad(ctx context.Context, key string, ttl time.Duration, load func(context.Context) (Entry, bool, error)) (Entry, error)
+	// Get is the cached answer alone, without loading (ok false on a miss).
+	Get(ctx context.Context, key string, ttl time.Duration) (e Entry, ok bool)
 }
 
 // MaxDirectoryCacheTTL is BCB's limit on caching a lookup answer from the
@@ -848,9 +850,18 @@ func (s *Service) LookupKey(ctx context.Context, c Caller, in LookupInput) (Entr
 		return Entry{}, PayerView{}, err
 	}
 	sent := false
-	if own {
+	// A key of another participant whose answer is in the directory cache
+	// (a legal person's, at most 180 s old) is, like an own key, answered
+	// here, found: the payer's bucket admits and charges it in one step.
+	answered := own
+	if !own && s.directoryCache != nil {
+		if ce, ok := s.directoryCache.Get(ctx, key, s.directoryTTL); ok {
+			e, answered = ce, true
+		}
+	}
+	if answered {
 		if s.antiScan != nil {
-			if err := s.antiScan.TakeOwn(ctx, payerType, payerID); err != nil {
+			if err := s.antiScan.TakeAnswered(ctx, payerType, payerID); err != nil {
 				return Entry{}, PayerView{}, err
 			}
 		}
