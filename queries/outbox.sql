@@ -72,14 +72,19 @@ WITH lease AS (
                 ELSE @max_rows::int END AS max_rows
     FROM lease LEFT JOIN marked m ON true
 ), cur AS (
-    -- The round from the lane's batch: the one in flight, or the next rows.
+    -- The round from the lane's batch: the one in flight, or the next rows. The
+    -- lane's values are scalar subqueries (computed once, before the scan), so
+    -- that they bound the scan of outbox_pending whatever the planner knows of
+    -- the table: the index holds every row not yet purged.
     SELECT o.id, o.topic, o.seq, o.partition_key, o.event_type, o.aggregate_type, o.aggregate_id, o.participant,
            o.content_type, o.payload, o.created_at, o.traceparent
-    FROM outbox o, s
+    FROM outbox o
     WHERE o.lane = @lane AND o.published_at IS NULL
-      AND o.txid >= pg_snapshot_xmin(s.prev_snap) AND o.txid < pg_snapshot_xmax(s.cur_snap)
-      AND pg_visible_in_snapshot(o.txid, s.cur_snap) AND NOT pg_visible_in_snapshot(o.txid, s.prev_snap)
-      AND o.seq > s.done_seq AND o.seq <= s.upto
+      AND o.txid >= (SELECT pg_snapshot_xmin(s.prev_snap) FROM s)
+      AND o.txid < (SELECT pg_snapshot_xmax(s.cur_snap) FROM s)
+      AND o.seq > (SELECT s.done_seq FROM s) AND o.seq <= (SELECT s.upto FROM s)
+      AND pg_visible_in_snapshot(o.txid, (SELECT s.cur_snap FROM s))
+      AND NOT pg_visible_in_snapshot(o.txid, (SELECT s.prev_snap FROM s))
     ORDER BY o.seq
     LIMIT (SELECT s.max_rows FROM s)
 ), nb AS (
@@ -91,10 +96,12 @@ WITH lease AS (
 ), fresh AS (
     SELECT o.id, o.topic, o.seq, o.partition_key, o.event_type, o.aggregate_type, o.aggregate_id, o.participant,
            o.content_type, o.payload, o.created_at, o.traceparent
-    FROM outbox o, s, nb
+    FROM outbox o
     WHERE o.lane = @lane AND o.published_at IS NULL
-      AND o.txid >= pg_snapshot_xmin(s.cur_snap) AND o.txid < pg_snapshot_xmax(nb.snap)
-      AND pg_visible_in_snapshot(o.txid, nb.snap) AND NOT pg_visible_in_snapshot(o.txid, s.cur_snap)
+      AND o.txid >= (SELECT pg_snapshot_xmin(s.cur_snap) FROM s)
+      AND o.txid < (SELECT pg_snapshot_xmax(nb.snap) FROM nb)
+      AND pg_visible_in_snapshot(o.txid, (SELECT nb.snap FROM nb))
+      AND NOT pg_visible_in_snapshot(o.txid, (SELECT s.cur_snap FROM s))
     ORDER BY o.seq
     LIMIT @max_rows::int
 ), todo AS (
@@ -172,10 +179,11 @@ WITH bound AS (
     ORDER BY m.batch_no DESC, m.through_seq DESC
     LIMIT 1
 ), doomed AS (
-    (SELECT o.id FROM outbox o, bound b
-     WHERE o.lane = @lane AND o.published_at IS NULL AND o.txid < b.cur_xmax
-       AND pg_visible_in_snapshot(o.txid, b.cur_snap)
-       AND (o.seq <= b.through_seq OR pg_visible_in_snapshot(o.txid, b.prev_snap))
+    -- The bound's values as scalar subqueries, so that they bound the index scan.
+    (SELECT o.id FROM outbox o
+     WHERE o.lane = @lane AND o.published_at IS NULL AND o.txid < (SELECT b.cur_xmax FROM bound b)
+       AND pg_visible_in_snapshot(o.txid, (SELECT b.cur_snap FROM bound b))
+       AND (o.seq <= (SELECT b.through_seq FROM bound b) OR pg_visible_in_snapshot(o.txid, (SELECT b.prev_snap FROM bound b)))
        AND NOT EXISTS (SELECT 1 FROM entries e WHERE e.pending_correlation = o.id)
        AND NOT EXISTS (SELECT 1 FROM claims c WHERE c.pending_correlation = o.id)
      LIMIT @max_rows::int)
