@@ -104,6 +104,9 @@ type config struct {
 	// how often the claim deadlines are enforced (CLAIM_SCHEDULER_INTERVAL).
 	ClaimEventsTopic       string
 	ClaimSchedulerInterval time.Duration
+	// OutboxRetention is how long published outbox rows are kept before
+	// the relay deletes them (OUTBOX_RETENTION).
+	OutboxRetention time.Duration
 	// SyncCheckInterval is how often each key type's VSync is checked
 	// against the directory (SYNC_CHECK_INTERVAL, at most 36h per BCB).
 	SyncCheckInterval time.Duration
@@ -187,6 +190,7 @@ func loadConfig() (config, error) {
 	c.DirectoryResend = e.dur("DICT_DIRECTORY_RESEND_AFTER", dictbus.DefaultResendAfter)
 	c.ClaimSchedulerInterval = e.dur("CLAIM_SCHEDULER_INTERVAL", dict.DefaultClaimSchedulerInterval)
 	c.SyncCheckInterval = e.dur("SYNC_CHECK_INTERVAL", dict.DefaultSyncCheckInterval)
+	c.OutboxRetention = e.dur("OUTBOX_RETENTION", eventbus.DefaultOutboxRetention)
 	if c.SyncCheckInterval > dict.MaxSyncCheckInterval {
 		e.fail("SYNC_CHECK_INTERVAL=%s: BCB requires a VSync check at least every %s", c.SyncCheckInterval, dict.MaxSyncCheckInterval)
 	}
@@ -401,7 +405,8 @@ func runServe(args []string) error {
 	}()
 
 	logger.Info("outbox relay acts for the configured participants", "participants", cfg.Participants)
-	relay := eventbus.NewRelay(relayPool, bus.Pulsar(), eventbus.WithRelayRegistry(reg), eventbus.WithRelayLogger(logger))
+	relay := eventbus.NewRelay(relayPool, bus.Pulsar(), eventbus.WithRelayRegistry(reg), eventbus.WithRelayLogger(logger),
+		eventbus.WithRelayRetention(cfg.OutboxRetention))
 	relayCtx, stopRelay := context.WithCancel(context.Background())
 	relayDone := make(chan error, 1)
 	go func() {

@@ -30,16 +30,20 @@ import (
 //
 // The outbox is split into lanes by partition key (schema/00003_outbox_relay.sql). A relay leases lanes
 // in outbox_lanes (FOR UPDATE SKIP LOCKED, renewed while it runs, released when [Relay.Run] returns), so
-// only one instance publishes a lane and several instances share the work. For each lane it holds, it
-// first commits a lane sequence number and a batch on the rows it is about to send, then sends them
-// through a producer whose name is fixed per topic and lane, each batch as one Pulsar entry under its
-// first row's number as the sequence id, and marks them published only once the broker acknowledged
-// them. A relay that dies after sending and before marking leaves rows that its successor re-sends in
-// the same batches under the same producer name and sequence ids: the broker's deduplication drops the
-// batches it already holds, whole.
+// only one instance publishes a lane and several instances share the work. The outbox is insert-only
+// (schema/00012_outbox_insert_only.sql): a lane is published in batches of the rows whose transactions
+// committed between two snapshots the relay took, each in insert order, a round of at most the batch
+// size at a time. For each lane it holds, the relay first commits the round it is about to send in the
+// lane's row (one UPDATE, no outbox row is written), then sends it through a producer whose name is fixed
+// per topic and lane, each Pulsar batch as one entry under its first row's sequence id, and marks the
+// round published only once the broker acknowledged all of it. A relay that dies after sending and
+// before marking leaves the round in flight: its successor re-sends the same rows in the same batches
+// under the same producer names and sequence ids, and the broker's deduplication drops the batches it
+// already holds, whole.
 //
 // It is woken by LISTEN/NOTIFY on the channel "outbox" and also polls, so a lost notification only
-// delays a row by one poll interval.
+// delays a row by one poll interval. It deletes the rows published longer than the retention ago
+// ([WithRelayRetention]).
 type Relay struct {
 	pool     *pgxpool.Pool
 	client   pulsar.Client
@@ -54,12 +58,16 @@ type Relay struct {
 	logger   *slog.Logger
 	tracer   trace.Tracer // nil: otel's global provider, looked up when a row is sent
 	identity string       // the database's outbox identity, part of every producer name
+	// retention: how long published rows are kept; purgeEvery: how often a lane's are purged.
+	retention  time.Duration
+	purgeEvery time.Duration
 
 	backlog     prometheus.Gauge
 	oldestAge   prometheus.Gauge
 	published   prometheus.Counter
 	errs        prometheus.Counter
 	batchSplits prometheus.Counter
+	purgedRows  prometheus.Counter
 }
 
 // RelayOption configures a [Relay].
@@ -81,7 +89,7 @@ func WithRelayMaxLanes(n int) RelayOption {
 	return relayOptionFunc(func(r *Relay) { r.maxLanes = n })
 }
 
-// WithRelayBatchSize sets how many rows of a lane are sequenced and sent per round (default 500).
+// WithRelayBatchSize sets how many rows of a lane are taken and sent per round (default 500).
 func WithRelayBatchSize(n int) RelayOption {
 	return relayOptionFunc(func(r *Relay) { r.batch = n })
 }
@@ -98,11 +106,28 @@ func WithRelayLeaseTTL(d time.Duration) RelayOption {
 }
 
 // WithRelayRegistry registers the relay's metrics (outbox_backlog, outbox_oldest_age_seconds,
-// outbox_published_total, outbox_publish_errors_total, outbox_batch_splits_total) in reg.
+// outbox_published_total, outbox_publish_errors_total, outbox_batch_splits_total, outbox_purged_total)
+// in reg.
 func WithRelayRegistry(reg prometheus.Registerer) RelayOption {
 	return relayOptionFunc(func(r *Relay) {
-		reg.MustRegister(r.backlog, r.oldestAge, r.published, r.errs, r.batchSplits)
+		reg.MustRegister(r.backlog, r.oldestAge, r.published, r.errs, r.batchSplits, r.purgedRows)
 	})
+}
+
+// DefaultOutboxRetention is how long published outbox rows are kept by default (OUTBOX_RETENTION).
+const DefaultOutboxRetention = 24 * time.Hour
+
+// WithRelayRetention sets how long published rows (and the lanes' marks of them) are kept before the
+// relay deletes them (default [DefaultOutboxRetention]). A DirectoryRequest that an entry or claim still
+// waits on is kept however old.
+func WithRelayRetention(d time.Duration) RelayOption {
+	return relayOptionFunc(func(r *Relay) { r.retention = d })
+}
+
+// WithRelayPurgeInterval sets how often each lane's published rows older than the retention are deleted
+// (default 1 min).
+func WithRelayPurgeInterval(d time.Duration) RelayOption {
+	return relayOptionFunc(func(r *Relay) { r.purgeEvery = d })
 }
 
 // WithRelayLogger sets the relay's logger (default slog.Default()).
@@ -115,17 +140,19 @@ func WithRelayLogger(l *slog.Logger) RelayOption {
 func NewRelay(pool *pgxpool.Pool, client pulsar.Client, opts ...RelayOption) *Relay {
 	host, _ := os.Hostname()
 	r := &Relay{
-		pool:     pool,
-		client:   client,
-		q:        sqlc.New(pool),
-		owner:    fmt.Sprintf("%s-%d-%s", host, os.Getpid(), uuid.NewString()[:8]),
-		maxLanes: 1 << 15,
-		batch:    500,
-		poll:     time.Second,
-		ttl:      10 * time.Second,
-		sendWait: 30 * time.Second,
-		backoff:  [2]time.Duration{100 * time.Millisecond, 10 * time.Second},
-		logger:   slog.Default(),
+		pool:       pool,
+		client:     client,
+		q:          sqlc.New(pool),
+		owner:      fmt.Sprintf("%s-%d-%s", host, os.Getpid(), uuid.NewString()[:8]),
+		maxLanes:   1 << 15,
+		batch:      500,
+		poll:       time.Second,
+		ttl:        10 * time.Second,
+		sendWait:   30 * time.Second,
+		retention:  DefaultOutboxRetention,
+		purgeEvery: time.Minute,
+		backoff:    [2]time.Duration{100 * time.Millisecond, 10 * time.Second},
+		logger:     slog.Default(),
 		backlog: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "outbox_backlog", Help: "Outbox rows not yet published.",
 		}),
@@ -140,6 +167,9 @@ func NewRelay(pool *pgxpool.Pool, client pulsar.Client, opts ...RelayOption) *Re
 		}),
 		batchSplits: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "outbox_batch_splits_total", Help: "Messages the Pulsar client put outside the batch the relay cut for them (should stay 0).",
+		}),
+		purgedRows: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "outbox_purged_total", Help: "Published outbox rows deleted after the retention.",
 		}),
 	}
 	for _, o := range opts {
@@ -298,7 +328,7 @@ var errLeaseLost = errors.New("outbox lane lease lost")
 
 // runLane publishes one lane until ctx is done: drain, then wait for a wake-up or the poll interval.
 func (r *Relay) runLane(ctx context.Context, lane int16, wake <-chan struct{}) {
-	l := &laneState{relay: r, lane: lane, producers: map[string]pulsar.Producer{}, listFirst: true, mark: noSeqRange}
+	l := &laneState{relay: r, lane: lane, producers: map[string]pulsar.Producer{}}
 	defer l.closeProducers()
 	defer func() {
 		if err := l.flushMark(ctx); err != nil && !errors.Is(err, errLeaseLost) {
@@ -333,160 +363,137 @@ func (r *Relay) runLane(ctx context.Context, lane int16, wake <-chan struct{}) {
 	}
 }
 
+// outboxRow is one row of a round, with its Pulsar sequence id (LaneSeq) and its batch's (LaneBatch).
+type outboxRow = sqlc.OutboxRoundRow
+
 // laneState is one lane's worker: its producers, one per topic, and what it knows of the lane's rows.
 type laneState struct {
 	relay     *Relay
 	lane      int16
 	producers map[string]pulsar.Producer
-	// listFirst: rows of the lane may be in flight (at start, after a failure); list and send them
-	// before sequencing more.
-	listFirst bool
 	// mark: the last round, sent and acknowledged in full, still to be marked published (by the next
 	// round's statement, or flushMark).
-	mark seqRange
+	mark roundID
+	// purged: when the lane's published rows were last purged.
+	purged time.Time
 }
 
-// A batch is one Pulsar entry: at most maxBatchMessages rows of one topic, cut when the rows are
-// sequenced (SequenceOutboxRound). Outbox payloads are at most 32 KiB (a CHECK in the schema), so a full
-// batch stays well under the producer's BatchingMaxSize and the client never splits one.
+// roundID names a lane's round: its batch and its last row's seq (0: none).
+type roundID struct{ batch, seq int64 }
+
+func (id roundID) empty() bool { return id.seq == 0 }
+
+// A batch is one Pulsar entry: at most maxBatchMessages rows of one topic, cut when the round is taken
+// (OutboxRound). Outbox payloads are at most 32 KiB (a CHECK in the schema), so a full batch stays well
+// under the producer's BatchingMaxSize and the client never splits one.
 const (
 	maxBatchMessages   = 100
 	producerBatchBytes = 4 << 20
 )
 
-// drain publishes the lane's rows until none are left: first whatever is in flight (sequenced but not
-// acknowledged: a failed round's, or a dead relay's), then round after round of newly sequenced rows.
-// A round is one statement and the sends: the statement marks the previous round published (all of it
-// was acknowledged) and sequences the next one, so a lane's rows are written twice by the relay and a
-// round costs one round trip to the database. New rows are sequenced only once every sequenced row but
-// the ones being marked is acknowledged, so at most one round (r.batch rows) is ever in flight per lane
-// and a listing of them never cuts a batch.
+// drain publishes the lane's rows until none are left, round after round. A round is one statement
+// and the sends: the statement marks the previous round published (all of it was acknowledged) and
+// returns the next one, recorded in the lane as in flight before it is sent; it writes no outbox row,
+// and a round costs one round trip to the database. A round that fails stays in flight: the next
+// statement returns it again, the same rows under the same sequence ids in the same batches, and the
+// broker drops the batches it already stored.
 func (l *laneState) drain(ctx context.Context) error {
-	r := l.relay
 	for {
-		var rows []sqlc.ListSequencedOutboxRow
-		listed := l.listFirst
-		if l.listFirst {
-			if err := l.flushMark(ctx); err != nil {
-				return err
-			}
-			var err error
-			rows, err = r.q.ListSequencedOutbox(ctx, sqlc.ListSequencedOutboxParams{
-				Lane: pgtype.Int2{Int16: l.lane, Valid: true}, MaxRows: int32(r.batch),
-			})
-			if err != nil {
-				return fmt.Errorf("list outbox lane %d: %w", l.lane, err)
-			}
-			l.listFirst = len(rows) == r.batch
-			if l.listFirst {
-				// Perhaps more (a relay with a larger batch size left them): send whole batches only,
-				// then list again.
-				last := rows[len(rows)-1].LaneBatch
-				for len(rows) > 1 && rows[len(rows)-1].LaneBatch == last {
-					rows = rows[:len(rows)-1]
-				}
-			}
-		}
-		if len(rows) == 0 {
-			var ready bool
-			var err error
-			rows, ready, err = l.sequence(ctx, r.batch)
-			if err != nil {
-				return err
-			}
-			if !ready {
-				// Rows of the lane are in flight that this worker does not know of (or no longer
-				// holds: a failed round's); list them next, or, if a listing just showed none, at the
-				// next wake-up.
-				l.listFirst = true
-				if listed {
-					return nil
-				}
-				continue
-			}
-			if len(rows) == 0 {
-				return nil
-			}
-		}
-		if err := l.publish(ctx, rows); err != nil {
-			l.listFirst = true
+		l.maybePurge(ctx)
+		rows, id, err := l.round(ctx, l.relay.batch)
+		if err != nil {
 			return err
 		}
-		// All of rows were acknowledged. They are the lane's unpublished rows from the first to the last
-		// of them: a round, or a listing, which is a prefix of the lane's in-flight rows.
-		l.mark = seqRange{from: rows[0].LaneSeq, through: rows[len(rows)-1].LaneSeq, rows: int64(len(rows))}
+		if len(rows) == 0 {
+			return nil
+		}
+		if err := l.publish(ctx, rows); err != nil {
+			return err
+		}
+		l.mark = id
 	}
 }
 
-// seqRange is a run [from, through] of a lane's sequence numbers, rows of them unpublished; empty when
-// from > through.
-type seqRange struct{ from, through, rows int64 }
-
-var noSeqRange = seqRange{from: 1, through: 0}
-
-func (s seqRange) empty() bool { return s.from > s.through }
-
-// sequence runs the lane's round statement: it marks l.mark published and sequences up to maxRows new
-// rows, returned in lane sequence order. ready is false when rows are in flight that were not marked,
-// so none were sequenced. It returns errLeaseLost when the lease is gone.
-func (l *laneState) sequence(ctx context.Context, maxRows int) (rows []sqlc.ListSequencedOutboxRow, ready bool, err error) {
+// round runs the lane's round statement: it marks l.mark published and returns the lane's round (the
+// one in flight, or up to maxRows new rows), in sequence id order, and its id. It returns errLeaseLost
+// when the lease is gone.
+func (l *laneState) round(ctx context.Context, maxRows int) ([]outboxRow, roundID, error) {
 	r := l.relay
-	res, err := r.q.SequenceOutboxRound(ctx, sqlc.SequenceOutboxRoundParams{
-		Lane: l.lane, Owner: r.owner, MarkFrom: l.mark.from, MarkThrough: l.mark.through, MarkRows: l.mark.rows,
+	res, err := r.q.OutboxRound(ctx, sqlc.OutboxRoundParams{
+		Lane: l.lane, Owner: r.owner, MarkBatch: l.mark.batch, MarkSeq: l.mark.seq,
 		MaxBatch: maxBatchMessages, MaxRows: int32(maxRows),
 	})
 	if err != nil {
-		return nil, false, fmt.Errorf("sequence outbox lane %d: %w", l.lane, err)
+		return nil, roundID{}, fmt.Errorf("outbox lane %d round: %w", l.lane, err)
 	}
 	if len(res) == 0 || !res[0].Leased {
-		// Nothing was marked: whoever holds the lane next re-sends those rows, which the broker drops.
-		l.mark = noSeqRange
-		l.listFirst = true
-		return nil, false, errLeaseLost
+		// Nothing was marked: whoever holds the lane next re-sends that round, which the broker drops.
+		l.mark = roundID{}
+		return nil, roundID{}, errLeaseLost
 	}
 	if !l.mark.empty() {
 		r.published.Add(float64(res[0].Marked))
-		l.mark = noSeqRange
+		l.mark = roundID{}
 	}
-	rows = make([]sqlc.ListSequencedOutboxRow, 0, len(res))
+	rows := res[:0:0]
 	for _, row := range res {
-		if row.LaneSeq == 0 {
-			continue // the row of the counts alone: nothing sequenced
+		if row.LaneSeq != 0 { // else the row of the counts alone: nothing to send
+			rows = append(rows, row)
 		}
-		rows = append(rows, sqlc.ListSequencedOutboxRow{
-			ID: row.ID, Topic: row.Topic, PartitionKey: row.PartitionKey, EventType: row.EventType,
-			AggregateType: row.AggregateType, AggregateID: row.AggregateID, Participant: row.Participant,
-			ContentType: row.ContentType, Payload: row.Payload, CreatedAt: row.CreatedAt,
-			LaneSeq: row.LaneSeq, LaneBatch: row.LaneBatch, Traceparent: row.Traceparent,
-		})
 	}
-	slices.SortFunc(rows, func(a, b sqlc.ListSequencedOutboxRow) int { return cmp.Compare(a.LaneSeq, b.LaneSeq) })
-	return rows, res[0].Ready, nil
+	slices.SortFunc(rows, func(a, b outboxRow) int { return cmp.Compare(a.LaneSeq, b.LaneSeq) })
+	return rows, roundID{batch: res[0].BatchNo, seq: res[0].RoundSeq}, nil
 }
 
-// flushMark marks l.mark published now, without sequencing anything: before the lane's in-flight rows
-// are listed (they would include it), and when the worker stops. It goes on after ctx is done, briefly:
-// a mark lost only makes the lane's next holder re-send rows the broker drops.
+// flushMark marks l.mark published now, taking no new round: when the worker stops. It goes on after
+// ctx is done, briefly: a mark lost only makes the lane's next holder re-send rows the broker drops.
 func (l *laneState) flushMark(ctx context.Context) error {
 	if l.mark.empty() {
 		return nil
 	}
 	mctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
-	_, _, err := l.sequence(mctx, 0)
+	_, _, err := l.round(mctx, 0)
 	return err
 }
 
-// publish sends rows (a lane's sequenced rows, in lane sequence order), batch by batch as they were
-// cut. When every row is acknowledged it returns nil and the caller marks them (with its next round);
-// otherwise it marks the acknowledged ones itself and returns the error. A batch's rows go out with
-// SendAsync except the last, which is sent with Send: that flushes the producer's batch at exactly the
-// batch's bound and waits for the broker's receipt. Per topic, only the acknowledged prefix of batches
-// is marked; after any failure the topic's producer is closed, which fails whatever it still holds, so
-// the broker has stored a prefix of the batches sent and a re-send of the rest is neither dropped
-// wrongly nor doubled.
-func (l *laneState) publish(ctx context.Context, rows []sqlc.ListSequencedOutboxRow) error {
+// purgeBatch bounds the rows one purge statement deletes.
+const purgeBatch = 1000
+
+// maybePurge deletes the lane's rows published longer than the retention ago, in statements of at most
+// purgeBatch rows, at most once per purge interval. A failure is logged and left to the next interval.
+func (l *laneState) maybePurge(ctx context.Context) {
 	r := l.relay
+	if time.Since(l.purged) < r.purgeEvery {
+		return
+	}
+	l.purged = time.Now()
+	for ctx.Err() == nil {
+		n, err := r.q.PurgeOutbox(ctx, sqlc.PurgeOutboxParams{
+			Lane: l.lane, Before: time.Now().Add(-r.retention), MaxRows: purgeBatch,
+		})
+		if err != nil {
+			if ctx.Err() == nil {
+				r.logger.Warn("purge outbox lane", "lane", l.lane, "err", err)
+			}
+			return
+		}
+		r.purgedRows.Add(float64(n))
+		if n < purgeBatch {
+			return
+		}
+	}
+}
+
+// publish sends rows (a round, in sequence id order), batch by batch as they were cut, and returns nil
+// when the broker acknowledged every one; the caller then marks the round (with its next statement).
+// Otherwise it records the failure on the rows not acknowledged and returns the error: the round stays
+// in flight and is sent again whole. A batch's rows go out with SendAsync except the last, which is sent
+// with Send: that flushes the producer's batch at exactly the batch's bound and waits for the broker's
+// receipt. After any failure the topic's producer is closed (unless the broker merely did not answer in
+// time, see keepProducer), which fails whatever it still holds, so the broker has stored a prefix of the
+// batches sent and the re-send of the round is neither dropped wrongly nor doubled.
+func (l *laneState) publish(ctx context.Context, rows []outboxRow) error {
 	byTopic := map[string][]int{}
 	var topics []string
 	for i, row := range rows {
@@ -495,7 +502,6 @@ func (l *laneState) publish(ctx context.Context, rows []sqlc.ListSequencedOutbox
 		}
 		byTopic[row.Topic] = append(byTopic[row.Topic], i)
 	}
-	var acked []uuid.UUID
 	var firstErr error
 	for _, topic := range topics {
 		idx := byTopic[topic]
@@ -506,9 +512,6 @@ func (l *laneState) publish(ctx context.Context, rows []sqlc.ListSequencedOutbox
 			continue
 		}
 		n, err := l.sendBatches(ctx, p, rows, idx)
-		for _, i := range idx[:n] {
-			acked = append(acked, rows[i].ID)
-		}
 		if err != nil {
 			if !keepProducer(ctx, err) {
 				l.dropProducer(topic)
@@ -516,21 +519,6 @@ func (l *laneState) publish(ctx context.Context, rows []sqlc.ListSequencedOutbox
 			err = fmt.Errorf("publish to %s (lane %d, sequence %d): %w", topic, l.lane, rows[idx[n]].LaneSeq, err)
 			firstErr = cmpErr(firstErr, err)
 			l.recordFailure(ctx, rows, idx[n:], err)
-		}
-	}
-	if firstErr == nil {
-		return nil
-	}
-	if len(acked) > 0 {
-		mctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-		defer cancel()
-		marked, err := r.q.MarkOutboxPublished(mctx, sqlc.MarkOutboxPublishedParams{Ids: acked, Lane: l.lane, Owner: r.owner})
-		if err != nil {
-			return fmt.Errorf("mark outbox lane %d published: %w", l.lane, err)
-		}
-		r.published.Add(float64(marked))
-		if marked == 0 {
-			return errLeaseLost
 		}
 	}
 	return firstErr
@@ -544,7 +532,7 @@ func (l *laneState) publish(ctx context.Context, rows []sqlc.ListSequencedOutbox
 // the first message of the next one and the full batches are pipelined. A batch that is not full, or
 // is the last one sent, ends with a blocking Send, which flushes at exactly its bound and waits for the
 // receipts of everything sent before it.
-func (l *laneState) sendBatches(ctx context.Context, p pulsar.Producer, rows []sqlc.ListSequencedOutboxRow, idx []int) (int, error) {
+func (l *laneState) sendBatches(ctx context.Context, p pulsar.Producer, rows []outboxRow, idx []int) (int, error) {
 	r := l.relay
 	type result struct {
 		done bool
@@ -640,7 +628,7 @@ func keepProducer(ctx context.Context, err error) bool {
 // message is the Pulsar message of an outbox row: its payload and key, its lane sequence number as the
 // sequence id, and the event's identity and trace context as properties; with it, the row's publish span
 // (a child of the request that wrote the row), which the caller ends when the broker answers.
-func (l *laneState) message(ctx context.Context, row sqlc.ListSequencedOutboxRow) (*pulsar.ProducerMessage, trace.Span) {
+func (l *laneState) message(ctx context.Context, row outboxRow) (*pulsar.ProducerMessage, trace.Span) {
 	seq := row.LaneSeq
 	props := map[string]string{
 		"event_id":       row.ID.String(),
@@ -677,7 +665,7 @@ func cmpErr(old, err error) error {
 	return err
 }
 
-func (l *laneState) recordFailure(ctx context.Context, rows []sqlc.ListSequencedOutboxRow, idx []int, err error) {
+func (l *laneState) recordFailure(ctx context.Context, rows []outboxRow, idx []int, err error) {
 	ids := make([]uuid.UUID, len(idx))
 	for k, i := range idx {
 		ids[k] = rows[i].ID
@@ -711,7 +699,7 @@ func (l *laneState) producer(topic string) (pulsar.Producer, error) {
 		// stored, so what the broker holds is always a prefix of what was sent.
 		SendTimeout:     -1,
 		CompressionType: pulsar.LZ4,
-		// Batches are cut by the relay (cutBatches) and flushed by it (sendBatches), never by the
+		// Batches are cut by the relay (OutboxRound) and flushed by it (sendBatches), never by the
 		// client: the broker deduplicates a batch by its first sequence id as a whole, so a successor
 		// re-sending the rows must send the very same batches. Hence room for exactly a full batch
 		// (sendBatches relies on it) and no timer flush in between.

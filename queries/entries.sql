@@ -122,16 +122,19 @@ WHERE key = @key;
 -- behind it) and the last one was published longer ago than @age_seconds,
 -- doubled for every re-send already made (at most 16 times), so that a
 -- directory working through a backlog slower than the age gets a few copies
--- rather than one per age and key. published_at is the database's clock, so
--- the age is measured with it too.
+-- rather than one per age and key. The publication time
+-- (outbox_publication: when the relay marked the row's round acknowledged)
+-- is the database's clock, so the age is measured with it too.
 WITH pending AS (
     SELECT e.key, o.seq, o.created_at, o.topic, o.partition_key, o.aggregate_id, o.participant, o.payload, o.traceparent
     FROM entries e JOIN outbox o ON o.id = e.pending_correlation
-    WHERE e.status = 'PENDING' AND o.published_at IS NOT NULL
+    JOIN outbox_publication op ON op.id = o.id
+    WHERE e.status = 'PENDING' AND op.published
 ), sent AS (
-    SELECT p.key, max(r.published_at) AS last_published, bool_and(r.published_at IS NOT NULL) AS all_published,
+    SELECT p.key, max(rp.published_at) AS last_published, bool_and(rp.published) AS all_published,
            power(2, least(count(*) - 1, 4)) AS backoff
     FROM pending p JOIN outbox r ON r.aggregate_id = p.key AND r.event_type = 'DirectoryRequest' AND r.seq >= p.seq
+    JOIN outbox_publication rp ON rp.id = r.id
     GROUP BY p.key
 )
 SELECT p.topic, p.partition_key, p.aggregate_id, p.participant, p.payload, p.traceparent

@@ -29,126 +29,177 @@ RETURNING lane;
 UPDATE outbox_lanes SET owner = '', lease_until = '-infinity'
 WHERE owner = @owner::text;
 
--- name: ListSequencedOutbox :many
-SELECT id, topic, partition_key, event_type, aggregate_type, aggregate_id, participant, content_type,
-       payload, created_at, lane_seq::bigint AS lane_seq, coalesce(lane_batch, lane_seq)::bigint AS lane_batch,
-       traceparent
-FROM outbox
-WHERE lane = @lane AND published_at IS NULL AND lane_seq IS NOT NULL
-ORDER BY lane_seq
-LIMIT @max_rows::int;
-
--- name: MarkOutboxPublished :execrows
--- Marks acknowledged rows, only while the caller still holds the lane. The
--- lane and in-flight conditions let it read the lane's in-flight rows through
--- outbox_unpublished rather than the whole table.
-UPDATE outbox o SET published_at = now()
-WHERE o.lane = sqlc.arg(lane)::smallint AND o.published_at IS NULL AND o.lane_seq IS NOT NULL
-  AND o.id = ANY(@ids::uuid[])
-  AND EXISTS (SELECT 1 FROM outbox_lanes l
-              WHERE l.lane = sqlc.arg(lane)::smallint AND l.owner = @owner::text AND l.lease_until > now());
+-- name: OutboxRound :many
+-- One statement per relay round (schema/00012_outbox_insert_only.sql),
+-- under the caller's live lease (the lane row locked), writing no outbox row.
+--
+-- First it marks the caller's acknowledged round: when @mark_batch and
+-- @mark_seq name the lane's round in flight, done_seq and next_seq move past
+-- it and a row is appended to outbox_lane_marks. Then it returns the lane's
+-- round to send: the round still in flight when there is one (the caller
+-- failed it, or a relay died with it: the same rows, numbered alike), else
+-- a new round of up to @max_rows rows of the lane's batch after done_seq,
+-- in seq order, or, when the batch has none left, of a new batch (the rows
+-- committed since the batch's snapshot: cur_snap becomes prev_snap and the
+-- statement's snapshot cur_snap). A new round is recorded in the lane
+-- before it is returned. Each row gets its Pulsar sequence id (lane_seq:
+-- next_seq + its position in the round) and its batch's (lane_batch: per
+-- topic, runs of at most @max_batch rows, the sequence id of a run's first
+-- row).
+--
+-- It always returns at least one row, each with leased (false: the lease is
+-- gone, nothing was done), marked (how many rows it marked), resent (the
+-- round was already in flight) and the round's batch_no and round_seq, which
+-- the caller passes back as @mark_batch and @mark_seq once every row of the
+-- round is acknowledged; a row with lane_seq 0 carries only these.
+WITH lease AS (
+    SELECT l.batch_no, l.prev_snap, l.cur_snap, l.done_seq, l.round_seq, l.round_rows, l.next_seq
+    FROM outbox_lanes l
+    WHERE l.lane = @lane AND l.owner = @owner::text AND l.lease_until > now()
+    FOR UPDATE
+), marked AS (
+    SELECT lease.batch_no, lease.round_seq, lease.round_rows, lease.prev_snap, lease.cur_snap FROM lease
+    WHERE lease.round_rows > 0 AND lease.batch_no = @mark_batch::bigint AND lease.round_seq = @mark_seq::bigint
+), s AS (
+    -- The lane once the caller's round is marked.
+    SELECT lease.batch_no, lease.prev_snap, lease.cur_snap,
+           CASE WHEN m.round_rows IS NULL THEN lease.done_seq ELSE lease.round_seq END AS done_seq,
+           lease.next_seq + coalesce(m.round_rows, 0) AS next_seq,
+           m.round_rows IS NULL AND lease.round_rows > 0 AS resent,
+           CASE WHEN m.round_rows IS NULL AND lease.round_rows > 0 THEN lease.round_seq
+                ELSE 9223372036854775807 END AS upto,
+           CASE WHEN m.round_rows IS NULL AND lease.round_rows > 0 THEN greatest(@max_rows::int, lease.round_rows)
+                ELSE @max_rows::int END AS max_rows
+    FROM lease LEFT JOIN marked m ON true
+), cur AS (
+    -- The round from the lane's batch: the one in flight, or the next rows. The
+    -- lane's values are scalar subqueries (computed once, before the scan), so
+    -- that they bound the scan of outbox_pending whatever the planner knows of
+    -- the table: the index holds every row not yet purged.
+    SELECT o.id, o.topic, o.seq, o.partition_key, o.event_type, o.aggregate_type, o.aggregate_id, o.participant,
+           o.content_type, o.payload, o.created_at, o.traceparent
+    FROM outbox o
+    WHERE o.lane = @lane AND o.published_at IS NULL
+      AND o.txid >= (SELECT pg_snapshot_xmin(s.prev_snap) FROM s)
+      AND o.txid < (SELECT pg_snapshot_xmax(s.cur_snap) FROM s)
+      AND o.seq > (SELECT s.done_seq FROM s) AND o.seq <= (SELECT s.upto FROM s)
+      AND pg_visible_in_snapshot(o.txid, (SELECT s.cur_snap FROM s))
+      AND NOT pg_visible_in_snapshot(o.txid, (SELECT s.prev_snap FROM s))
+    ORDER BY o.seq
+    LIMIT (SELECT s.max_rows FROM s)
+), nb AS (
+    -- The batch is done (cur, limited to at least one row, found none): the
+    -- next one, up to the statement's snapshot. With @max_rows 0 (only a
+    -- mark) the batch stays.
+    SELECT pg_current_snapshot() AS snap FROM s
+    WHERE NOT s.resent AND @max_rows::int > 0 AND NOT EXISTS (SELECT 1 FROM cur)
+), fresh AS (
+    SELECT o.id, o.topic, o.seq, o.partition_key, o.event_type, o.aggregate_type, o.aggregate_id, o.participant,
+           o.content_type, o.payload, o.created_at, o.traceparent
+    FROM outbox o
+    WHERE o.lane = @lane AND o.published_at IS NULL
+      AND o.txid >= (SELECT pg_snapshot_xmin(s.cur_snap) FROM s)
+      AND o.txid < (SELECT pg_snapshot_xmax(nb.snap) FROM nb)
+      AND pg_visible_in_snapshot(o.txid, (SELECT nb.snap FROM nb))
+      AND NOT pg_visible_in_snapshot(o.txid, (SELECT s.cur_snap FROM s))
+    ORDER BY o.seq
+    LIMIT @max_rows::int
+), todo AS (
+    SELECT t.*,
+           row_number() OVER (ORDER BY t.seq) AS rn,
+           (row_number() OVER (PARTITION BY t.topic ORDER BY t.seq) - 1) / @max_batch::int AS bn
+    FROM (SELECT * FROM cur UNION ALL SELECT * FROM fresh) t
+), numbered AS (
+    SELECT todo.*, s.next_seq + todo.rn - 1 AS lane_seq,
+           s.next_seq + min(todo.rn) OVER (PARTITION BY todo.topic, todo.bn) - 1 AS lane_batch
+    FROM todo, s
+), round AS (
+    SELECT count(*)::int AS n, max(todo.seq) AS last FROM todo
+), newlane AS (
+    -- The lane after this statement; nothing to write when it marked nothing and started no round.
+    SELECT CASE WHEN nb.snap IS NULL THEN s.batch_no ELSE s.batch_no + 1 END AS batch_no,
+           CASE WHEN nb.snap IS NULL THEN s.prev_snap ELSE s.cur_snap END AS prev_snap,
+           coalesce(nb.snap, s.cur_snap) AS cur_snap,
+           CASE WHEN nb.snap IS NULL THEN s.done_seq ELSE 0 END AS done_seq,
+           s.next_seq, round.n, round.last
+    FROM s CROSS JOIN round LEFT JOIN nb ON true
+    WHERE round.n > 0 OR EXISTS (SELECT 1 FROM marked)
+), advanced AS (
+    UPDATE outbox_lanes l
+    SET batch_no = n.batch_no, prev_snap = n.prev_snap, cur_snap = n.cur_snap, done_seq = n.done_seq,
+        next_seq = n.next_seq, round_seq = coalesce(n.last, 0), round_rows = n.n
+    FROM newlane n
+    WHERE l.lane = @lane
+), logged AS (
+    INSERT INTO outbox_lane_marks (lane, batch_no, through_seq, cur_xmax, prev_snap, cur_snap, marked_at)
+    SELECT @lane, m.batch_no, m.round_seq, pg_snapshot_xmax(m.cur_snap), m.prev_snap, m.cur_snap, now()
+    FROM marked m
+)
+SELECT c.leased, c.marked, c.resent, c.batch_no, c.round_seq,
+       coalesce(o.id, '00000000-0000-0000-0000-000000000000')::uuid AS id,
+       coalesce(o.topic, '')::text AS topic, coalesce(o.partition_key, '')::text AS partition_key,
+       coalesce(o.event_type, '')::text AS event_type, coalesce(o.aggregate_type, '')::text AS aggregate_type,
+       coalesce(o.aggregate_id, '')::text AS aggregate_id, coalesce(o.participant, '')::text AS participant,
+       coalesce(o.content_type, '')::text AS content_type, coalesce(o.payload, '')::bytea AS payload,
+       coalesce(o.created_at, 'epoch')::timestamptz AS created_at, coalesce(o.lane_seq, 0)::bigint AS lane_seq,
+       coalesce(o.lane_batch, 0)::bigint AS lane_batch, o.traceparent
+FROM (SELECT EXISTS (SELECT 1 FROM lease) AS leased,
+             coalesce((SELECT m.round_rows FROM marked m), 0)::bigint AS marked,
+             coalesce((SELECT s.resent FROM s), false)::boolean AS resent,
+             coalesce((SELECT CASE WHEN nb.snap IS NULL THEN s.batch_no ELSE s.batch_no + 1 END
+                       FROM s LEFT JOIN nb ON true), 0)::bigint AS batch_no,
+             coalesce((SELECT round.last FROM round), 0)::bigint AS round_seq) c
+LEFT JOIN numbered o ON true;
 
 -- name: RecordOutboxFailure :exec
 UPDATE outbox SET attempts = attempts + 1, last_error = @last_error::text
 WHERE id = ANY(@ids::uuid[]);
 
 -- name: OutboxBacklog :one
--- The unpublished rows are, lane by lane, the unsequenced ones
--- (outbox_unsequenced) and the ones in flight (outbox_unpublished); by lane, so
--- that the partial indexes are used whatever the planner knows of the table.
+-- The unpublished rows, lane by lane: those after the lane's batch (not
+-- visible in prev_snap) but not among its acknowledged ones.
 SELECT count(*)::bigint AS rows,
        coalesce(extract(epoch FROM now() - min(u.created_at)), 0)::float8 AS oldest_age_seconds
 FROM outbox_lanes l
 CROSS JOIN LATERAL (
-    SELECT o.created_at FROM outbox o WHERE o.lane = l.lane AND o.published_at IS NULL AND o.lane_seq IS NULL
-    UNION ALL
-    SELECT o.created_at FROM outbox o WHERE o.lane = l.lane AND o.published_at IS NULL AND o.lane_seq IS NOT NULL) u;
+    SELECT o.created_at FROM outbox o
+    WHERE o.lane = l.lane AND o.published_at IS NULL AND o.txid >= pg_snapshot_xmin(l.prev_snap)
+      AND NOT pg_visible_in_snapshot(o.txid, l.prev_snap)
+      AND NOT (pg_visible_in_snapshot(o.txid, l.cur_snap) AND o.seq <= l.done_seq)) u;
 
--- name: SequenceOutboxRound :many
--- One statement per relay round, under the caller's live lease (the lane row
--- locked). First it marks published the caller's acknowledged rows of its
--- previous round: the lane's unpublished rows with lane_seq in
--- [mark_from, mark_through], mark_rows of them (an empty range, from >
--- through, marks nothing). Then, only when no other row of the lane is in
--- flight (sequenced and unpublished), it gives up to max_rows unsequenced rows,
--- in insert order, the lane's next sequence numbers and their batches (per
--- topic, runs of at most max_batch rows; lane_batch is the sequence number of
--- a batch's first row), advances the lane, and returns them to send.
---
--- No other row in flight: without a range, none at all; with one, the caller
--- vouches that its previous statement left only that range in flight, so it
--- suffices that the range was marked in full and nobody sequenced since
--- (next_seq follows the range), which costs no scan.
---
--- It always returns at least one row, each with marked (how many rows it
--- marked), leased (false: the caller's lease is gone, nothing was done) and
--- ready (false: rows other than the marked ones may be in flight, and
--- ListSequencedOutbox has them); a row with lane_seq 0 carries only these. No
--- other row and ready: nothing to sequence.
-WITH lease AS (
-    SELECT l.next_seq AS held_next_seq FROM outbox_lanes l
-    WHERE l.lane = @lane AND l.owner = @owner::text AND l.lease_until > now()
-    FOR UPDATE
-), marked AS (
-    UPDATE outbox m SET published_at = now()
-    WHERE m.lane = sqlc.arg(lane)::smallint AND m.published_at IS NULL AND m.lane_seq IS NOT NULL
-      AND m.lane_seq BETWEEN @mark_from::bigint AND @mark_through::bigint
-      AND EXISTS (SELECT 1 FROM lease)
-    RETURNING m.lane_seq
-), lane AS (
-    SELECT lease.held_next_seq AS next_seq FROM lease
-    WHERE CASE WHEN @mark_from::bigint > @mark_through::bigint
-               THEN NOT EXISTS (SELECT 1 FROM outbox f
-                                WHERE f.lane = @lane AND f.published_at IS NULL AND f.lane_seq IS NOT NULL)
-               ELSE lease.held_next_seq - @mark_through::bigint = 1
-                    AND (SELECT count(*) FROM marked) = @mark_rows::bigint
-          END
-), todo AS (
-    SELECT t.id, t.topic, t.seq,
-           row_number() OVER (ORDER BY t.seq) AS rn,
-           (row_number() OVER (PARTITION BY t.topic ORDER BY t.seq) - 1) / @max_batch::int AS bn
-    FROM (SELECT o.id, o.topic, o.seq FROM outbox o
-          WHERE o.lane = @lane AND o.published_at IS NULL AND o.lane_seq IS NULL
-            AND EXISTS (SELECT 1 FROM lane)
-          ORDER BY o.seq
-          LIMIT @max_rows::int) t
-), numbered AS (
-    SELECT todo.id, todo.seq, lane.next_seq + todo.rn - 1 AS lane_seq,
-           lane.next_seq + min(todo.rn) OVER (PARTITION BY todo.topic, todo.bn) - 1 AS lane_batch
-    FROM todo, lane
-), round AS (
-    -- The round as arrays, so that the update below finds its rows by primary
-    -- key and their numbers by position, whatever the planner knows of the
-    -- table: a join of outbox with numbered degrades, on a table without
-    -- statistics yet, into a scan of the whole table per row.
-    SELECT array_agg(numbered.id ORDER BY numbered.seq) AS ids,
-           array_agg(numbered.lane_seq ORDER BY numbered.seq) AS lane_seqs,
-           array_agg(numbered.lane_batch ORDER BY numbered.seq) AS lane_batches
-    FROM numbered
-), advanced AS (
-    UPDATE outbox_lanes SET next_seq = next_seq + (SELECT count(*) FROM numbered)
-    WHERE outbox_lanes.lane = @lane AND EXISTS (SELECT 1 FROM numbered)
-), sequenced AS (
-    UPDATE outbox o
-    SET lane_seq = r.lane_seqs[array_position(r.ids, o.id)],
-        lane_batch = r.lane_batches[array_position(r.ids, o.id)]
-    FROM round r
-    WHERE o.id = ANY((SELECT ids FROM round)::uuid[])
-      AND o.lane = sqlc.arg(lane)::smallint AND o.published_at IS NULL AND o.lane_seq IS NULL
-    RETURNING o.id, o.topic, o.partition_key, o.event_type, o.aggregate_type, o.aggregate_id, o.participant,
-              o.content_type, o.payload, o.created_at, o.lane_seq, o.lane_batch, o.traceparent
+-- name: PurgeOutbox :execrows
+-- Deletes up to @max_rows rows of the lane published before @before: the
+-- ones the lane's last mark older than that covers (and so every earlier
+-- mark), and rows from before the insert-only outbox with an old
+-- published_at. The DirectoryRequest a write still waits on is kept
+-- (StalePendingRequests reads it). Marks older than that last one go too.
+WITH bound AS (
+    SELECT m.batch_no, m.through_seq, m.cur_xmax, m.prev_snap, m.cur_snap FROM outbox_lane_marks m
+    WHERE m.lane = @lane AND m.marked_at < @before::timestamptz
+    ORDER BY m.batch_no DESC, m.through_seq DESC
+    LIMIT 1
+), doomed AS (
+    -- The bound's values as scalar subqueries, so that they bound the index scan.
+    (SELECT o.id FROM outbox o
+     WHERE o.lane = @lane AND o.published_at IS NULL AND o.txid < (SELECT b.cur_xmax FROM bound b)
+       AND pg_visible_in_snapshot(o.txid, (SELECT b.cur_snap FROM bound b))
+       AND (o.seq <= (SELECT b.through_seq FROM bound b) OR pg_visible_in_snapshot(o.txid, (SELECT b.prev_snap FROM bound b)))
+       AND NOT EXISTS (SELECT 1 FROM entries e WHERE e.pending_correlation = o.id)
+       AND NOT EXISTS (SELECT 1 FROM claims c WHERE c.pending_correlation = o.id)
+     LIMIT @max_rows::int)
+    UNION ALL
+    (SELECT o.id FROM outbox o
+     WHERE o.published_at < @before::timestamptz AND o.lane = @lane
+       AND NOT EXISTS (SELECT 1 FROM entries e WHERE e.pending_correlation = o.id)
+       AND NOT EXISTS (SELECT 1 FROM claims c WHERE c.pending_correlation = o.id)
+     LIMIT @max_rows::int)
+), gone AS (
+    DELETE FROM outbox o WHERE o.id IN (SELECT doomed.id FROM doomed) RETURNING 1
+), old_marks AS (
+    DELETE FROM outbox_lane_marks m USING bound b
+    WHERE m.lane = @lane AND (m.batch_no, m.through_seq) < (b.batch_no, b.through_seq)
 )
-SELECT c.marked, c.leased, c.ready, coalesce(s.id, '00000000-0000-0000-0000-000000000000')::uuid AS id,
-       coalesce(s.topic, '')::text AS topic, coalesce(s.partition_key, '')::text AS partition_key,
-       coalesce(s.event_type, '')::text AS event_type, coalesce(s.aggregate_type, '')::text AS aggregate_type,
-       coalesce(s.aggregate_id, '')::text AS aggregate_id, coalesce(s.participant, '')::text AS participant,
-       coalesce(s.content_type, '')::text AS content_type, coalesce(s.payload, '')::bytea AS payload,
-       coalesce(s.created_at, 'epoch')::timestamptz AS created_at, coalesce(s.lane_seq, 0)::bigint AS lane_seq,
-       coalesce(s.lane_batch, 0)::bigint AS lane_batch, s.traceparent
-FROM (SELECT (SELECT count(*) FROM marked)::bigint AS marked,
-             EXISTS (SELECT 1 FROM lease) AS leased,
-             EXISTS (SELECT 1 FROM lane) AS ready) c
-LEFT JOIN sequenced s ON true;
+SELECT 1 FROM gone;
 
 -- name: OutboxIdentity :one
 SELECT id FROM outbox_identity WHERE singleton;

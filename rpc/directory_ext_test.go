@@ -777,8 +777,8 @@ func TestResendWaitsForPublicationAndBacksOff(t *testing.T) {
 	}
 	requests := func(key string) []request {
 		t.Helper()
-		rows, err := db.Pool.Query(ctx, `SELECT id::text, published_at IS NOT NULL, payload FROM outbox
-			WHERE aggregate_id = $1 AND event_type = 'DirectoryRequest' ORDER BY seq`, key)
+		rows, err := db.Pool.Query(ctx, `SELECT o.id::text, p.published, o.payload FROM outbox o JOIN outbox_publication p ON p.id = o.id
+			WHERE o.aggregate_id = $1 AND o.event_type = 'DirectoryRequest' ORDER BY o.seq`, key)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -793,9 +793,24 @@ func TestResendWaitsForPublicationAndBacksOff(t *testing.T) {
 		}
 		return out
 	}
+	// published fakes the relay (schema/00012_outbox_insert_only.sql): row id was published ago. If
+	// it is published already, the mark that covers it is moved to that time; else its lane's rows
+	// committed so far are marked published as a batch of their own at that time.
 	published := func(id string, ago time.Duration) {
 		t.Helper()
-		exec("UPDATE outbox SET published_at = now() - $2 * interval '1 second' WHERE id = $1", id, ago.Seconds())
+		exec(`WITH r AS (SELECT o.id, o.lane, o.txid, o.seq, p.published FROM outbox o JOIN outbox_publication p ON p.id = o.id WHERE o.id = $1),
+			m AS (SELECT m.lane, m.batch_no, m.through_seq FROM outbox_lane_marks m, r
+				WHERE r.published AND m.lane = r.lane AND m.cur_xmax > r.txid AND pg_visible_in_snapshot(r.txid, m.cur_snap)
+				  AND (m.through_seq >= r.seq OR pg_visible_in_snapshot(r.txid, m.prev_snap))
+				ORDER BY m.cur_xmax, m.batch_no, m.through_seq LIMIT 1),
+			moved AS (UPDATE outbox_lane_marks x SET marked_at = now() - $2 * interval '1 second' FROM m
+				WHERE (x.lane, x.batch_no, x.through_seq) = (m.lane, m.batch_no, m.through_seq)),
+			l AS (SELECT l.lane, l.batch_no, l.cur_snap FROM outbox_lanes l, r WHERE l.lane = r.lane AND NOT r.published),
+			lane AS (UPDATE outbox_lanes x SET batch_no = l.batch_no + 1, prev_snap = l.cur_snap, cur_snap = pg_current_snapshot(),
+				done_seq = 9223372036854775807, round_seq = 0, round_rows = 0 FROM l WHERE x.lane = l.lane)
+			INSERT INTO outbox_lane_marks (lane, batch_no, through_seq, cur_xmax, prev_snap, cur_snap, marked_at)
+			SELECT l.lane, l.batch_no + 1, 9223372036854775807, pg_snapshot_xmax(pg_current_snapshot()), l.cur_snap, pg_current_snapshot(),
+				now() - $2 * interval '1 second' FROM l`, id, ago.Seconds())
 	}
 
 	in := dict.EntryFromProto(&dictv1.Entry{Account: account(partA), Owner: naturalOwner(newCPF())})
@@ -844,7 +859,9 @@ func TestResendWaitsForPublicationAndBacksOff(t *testing.T) {
 		Result: &dictv1.DirectoryResponse_Entry{Entry: confirmed}}); err != nil {
 		t.Fatal(err)
 	}
-	exec("UPDATE outbox SET published_at = now() - interval '1 hour' WHERE aggregate_id = $1", e.Key)
+	for _, r := range requests(e.Key) {
+		published(r.id, time.Hour)
+	}
 	resend(0)
 }
 

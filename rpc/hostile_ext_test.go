@@ -226,7 +226,7 @@ func (h *hostileEnv) awaitStill(t *testing.T) {
 		err := h.db.Pool.QueryRow(context.Background(), `SELECT
 			(SELECT count(*) FROM entries WHERE pending_op IS NOT NULL) +
 			(SELECT count(*) FROM claims WHERE pending_action IS NOT NULL) +
-			(SELECT count(*) FROM outbox WHERE published_at IS NULL)`).Scan(&pending)
+			(SELECT count(*) FROM outbox_publication WHERE NOT published)`).Scan(&pending)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -341,7 +341,7 @@ func runRelay(t *testing.T, pool *pgxpool.Pool, bus *eventbus.Client, opts ...ev
 func outboxUnpublished(t *testing.T, pool *pgxpool.Pool) int {
 	t.Helper()
 	var n int
-	if err := pool.QueryRow(context.Background(), "SELECT count(*) FROM outbox WHERE published_at IS NULL").Scan(&n); err != nil {
+	if err := pool.QueryRow(context.Background(), "SELECT count(*) FROM outbox_publication WHERE NOT published").Scan(&n); err != nil {
 		t.Fatalf("count unpublished outbox rows: %v", err)
 	}
 	return n
@@ -759,8 +759,8 @@ func pendingReport(t *testing.T, pool *pgxpool.Pool, key string) string {
 		return fmt.Sprintf("entry %s: %v", key, err)
 	}
 	fmt.Fprintf(&b, "entry %s: %s, pending correlation %s\n", key, status, corr)
-	rows, err := pool.Query(ctx, `SELECT id::text, created_at, coalesce(published_at::text, 'unpublished'), lane, coalesce(lane_seq, -1), attempts, coalesce(last_error, '')
-		FROM outbox WHERE aggregate_id = $1 ORDER BY seq`, key)
+	rows, err := pool.Query(ctx, `SELECT o.id::text, o.created_at, coalesce(p.published_at::text, 'unpublished'), o.lane, o.txid::text::bigint, o.attempts, coalesce(o.last_error, '')
+		FROM outbox o JOIN outbox_publication p ON p.id = o.id WHERE o.aggregate_id = $1 ORDER BY o.seq`, key)
 	if err != nil {
 		return b.String() + err.Error()
 	}
@@ -769,12 +769,12 @@ func pendingReport(t *testing.T, pool *pgxpool.Pool, key string) string {
 		var id, pub, lastErr string
 		var created time.Time
 		var lane int16
-		var laneSeq int64
+		var txid int64
 		var attempts int
-		if err := rows.Scan(&id, &created, &pub, &lane, &laneSeq, &attempts, &lastErr); err != nil {
+		if err := rows.Scan(&id, &created, &pub, &lane, &txid, &attempts, &lastErr); err != nil {
 			return b.String() + err.Error()
 		}
-		fmt.Fprintf(&b, "  outbox %s created %s published %s lane %d seq %d attempts %d %s\n", id, created.Format(time.RFC3339Nano), pub, lane, laneSeq, attempts, lastErr)
+		fmt.Fprintf(&b, "  outbox %s created %s published %s lane %d txid %d attempts %d %s\n", id, created.Format(time.RFC3339Nano), pub, lane, txid, attempts, lastErr)
 	}
 	var applied int
 	_ = pool.QueryRow(ctx, "SELECT count(*) FROM processed_events WHERE event_id = $1", corr).Scan(&applied)

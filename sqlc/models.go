@@ -109,11 +109,10 @@ type Outbox struct {
 	PublishedAt   pgtype.Timestamptz
 	Seq           pgtype.Int8
 	Lane          pgtype.Int2
-	LaneSeq       pgtype.Int8
 	Attempts      int32
 	LastError     pgtype.Text
 	Traceparent   pgtype.Text
-	LaneBatch     pgtype.Int8
+	Txid          pgtype.Uint64
 }
 
 type OutboxIdentity struct {
@@ -126,6 +125,31 @@ type OutboxLane struct {
 	Owner      string
 	LeaseUntil time.Time
 	NextSeq    int64
+	BatchNo    int64
+	PrevSnap   interface{}
+	CurSnap    interface{}
+	DoneSeq    int64
+	RoundSeq   int64
+	RoundRows  int32
+}
+
+type OutboxLaneMark struct {
+	Lane       int16
+	BatchNo    int64
+	ThroughSeq int64
+	CurXmax    pgtype.Uint64
+	PrevSnap   interface{}
+	CurSnap    interface{}
+	MarkedAt   time.Time
+}
+
+type OutboxPublication struct {
+	ID          uuid.UUID
+	Lane        pgtype.Int2
+	Txid        pgtype.Uint64
+	Seq         pgtype.Int8
+	Published   pgtype.Bool
+	PublishedAt interface{}
 }
 
 type ProcessedEvent struct {

@@ -89,7 +89,7 @@ func (q *Queries) InsertOutbox(ctx context.Context, arg InsertOutboxParams) erro
 }
 
 const listOutboxByAggregate = `-- name: ListOutboxByAggregate :many
-SELECT id, created_at, topic, partition_key, event_type, aggregate_type, aggregate_id, participant, content_type, payload, published_at, seq, lane, lane_seq, attempts, last_error, traceparent, lane_batch FROM outbox WHERE aggregate_id = $1 ORDER BY created_at, id
+SELECT id, created_at, topic, partition_key, event_type, aggregate_type, aggregate_id, participant, content_type, payload, published_at, seq, lane, attempts, last_error, traceparent, txid FROM outbox WHERE aggregate_id = $1 ORDER BY created_at, id
 `
 
 func (q *Queries) ListOutboxByAggregate(ctx context.Context, aggregateID string) ([]Outbox, error) {
@@ -115,11 +115,10 @@ func (q *Queries) ListOutboxByAggregate(ctx context.Context, aggregateID string)
 			&i.PublishedAt,
 			&i.Seq,
 			&i.Lane,
-			&i.LaneSeq,
 			&i.Attempts,
 			&i.LastError,
 			&i.Traceparent,
-			&i.LaneBatch,
+			&i.Txid,
 		); err != nil {
 			return nil, err
 		}
@@ -131,22 +130,158 @@ func (q *Queries) ListOutboxByAggregate(ctx context.Context, aggregateID string)
 	return items, nil
 }
 
-const listSequencedOutbox = `-- name: ListSequencedOutbox :many
-SELECT id, topic, partition_key, event_type, aggregate_type, aggregate_id, participant, content_type,
-       payload, created_at, lane_seq::bigint AS lane_seq, coalesce(lane_batch, lane_seq)::bigint AS lane_batch,
-       traceparent
-FROM outbox
-WHERE lane = $1 AND published_at IS NULL AND lane_seq IS NOT NULL
-ORDER BY lane_seq
-LIMIT $2::int
+const outboxBacklog = `-- name: OutboxBacklog :one
+SELECT count(*)::bigint AS rows,
+       coalesce(extract(epoch FROM now() - min(u.created_at)), 0)::float8 AS oldest_age_seconds
+FROM outbox_lanes l
+CROSS JOIN LATERAL (
+    SELECT o.created_at FROM outbox o
+    WHERE o.lane = l.lane AND o.published_at IS NULL AND o.txid >= pg_snapshot_xmin(l.prev_snap)
+      AND NOT pg_visible_in_snapshot(o.txid, l.prev_snap)
+      AND NOT (pg_visible_in_snapshot(o.txid, l.cur_snap) AND o.seq <= l.done_seq)) u
 `
 
-type ListSequencedOutboxParams struct {
-	Lane    pgtype.Int2
-	MaxRows int32
+type OutboxBacklogRow struct {
+	Rows             int64
+	OldestAgeSeconds float64
 }
 
-type ListSequencedOutboxRow struct {
+// The unpublished rows, lane by lane: those after the lane's batch (not
+// visible in prev_snap) but not among its acknowledged ones.
+func (q *Queries) OutboxBacklog(ctx context.Context) (OutboxBacklogRow, error) {
+	row := q.db.QueryRow(ctx, outboxBacklog)
+	var i OutboxBacklogRow
+	err := row.Scan(&i.Rows, &i.OldestAgeSeconds)
+	return i, err
+}
+
+const outboxIdentity = `-- name: OutboxIdentity :one
+SELECT id FROM outbox_identity WHERE singleton
+`
+
+func (q *Queries) OutboxIdentity(ctx context.Context) (uuid.UUID, error) {
+	row := q.db.QueryRow(ctx, outboxIdentity)
+	var id uuid.UUID
+	err := row.Scan(&id)
+	return id, err
+}
+
+const outboxRound = `-- name: OutboxRound :many
+WITH lease AS (
+    SELECT l.batch_no, l.prev_snap, l.cur_snap, l.done_seq, l.round_seq, l.round_rows, l.next_seq
+    FROM outbox_lanes l
+    WHERE l.lane = $1 AND l.owner = $2::text AND l.lease_until > now()
+    FOR UPDATE
+), marked AS (
+    SELECT lease.batch_no, lease.round_seq, lease.round_rows, lease.prev_snap, lease.cur_snap FROM lease
+    WHERE lease.round_rows > 0 AND lease.batch_no = $3::bigint AND lease.round_seq = $4::bigint
+), s AS (
+    -- The lane once the caller's round is marked.
+    SELECT lease.batch_no, lease.prev_snap, lease.cur_snap,
+           CASE WHEN m.round_rows IS NULL THEN lease.done_seq ELSE lease.round_seq END AS done_seq,
+           lease.next_seq + coalesce(m.round_rows, 0) AS next_seq,
+           m.round_rows IS NULL AND lease.round_rows > 0 AS resent,
+           CASE WHEN m.round_rows IS NULL AND lease.round_rows > 0 THEN lease.round_seq
+                ELSE 9223372036854775807 END AS upto,
+           CASE WHEN m.round_rows IS NULL AND lease.round_rows > 0 THEN greatest($5::int, lease.round_rows)
+                ELSE $5::int END AS max_rows
+    FROM lease LEFT JOIN marked m ON true
+), cur AS (
+    -- The round from the lane's batch: the one in flight, or the next rows. The
+    -- lane's values are scalar subqueries (computed once, before the scan), so
+    -- that they bound the scan of outbox_pending whatever the planner knows of
+    -- the table: the index holds every row not yet purged.
+    SELECT o.id, o.topic, o.seq, o.partition_key, o.event_type, o.aggregate_type, o.aggregate_id, o.participant,
+           o.content_type, o.payload, o.created_at, o.traceparent
+    FROM outbox o
+    WHERE o.lane = $1 AND o.published_at IS NULL
+      AND o.txid >= (SELECT pg_snapshot_xmin(s.prev_snap) FROM s)
+      AND o.txid < (SELECT pg_snapshot_xmax(s.cur_snap) FROM s)
+      AND o.seq > (SELECT s.done_seq FROM s) AND o.seq <= (SELECT s.upto FROM s)
+      AND pg_visible_in_snapshot(o.txid, (SELECT s.cur_snap FROM s))
+      AND NOT pg_visible_in_snapshot(o.txid, (SELECT s.prev_snap FROM s))
+    ORDER BY o.seq
+    LIMIT (SELECT s.max_rows FROM s)
+), nb AS (
+    -- The batch is done (cur, limited to at least one row, found none): the
+    -- next one, up to the statement's snapshot. With @max_rows 0 (only a
+    -- mark) the batch stays.
+    SELECT pg_current_snapshot() AS snap FROM s
+    WHERE NOT s.resent AND $5::int > 0 AND NOT EXISTS (SELECT 1 FROM cur)
+), fresh AS (
+    SELECT o.id, o.topic, o.seq, o.partition_key, o.event_type, o.aggregate_type, o.aggregate_id, o.participant,
+           o.content_type, o.payload, o.created_at, o.traceparent
+    FROM outbox o
+    WHERE o.lane = $1 AND o.published_at IS NULL
+      AND o.txid >= (SELECT pg_snapshot_xmin(s.cur_snap) FROM s)
+      AND o.txid < (SELECT pg_snapshot_xmax(nb.snap) FROM nb)
+      AND pg_visible_in_snapshot(o.txid, (SELECT nb.snap FROM nb))
+      AND NOT pg_visible_in_snapshot(o.txid, (SELECT s.cur_snap FROM s))
+    ORDER BY o.seq
+    LIMIT $5::int
+), todo AS (
+    SELECT t.id, t.topic, t.seq, t.partition_key, t.event_type, t.aggregate_type, t.aggregate_id, t.participant, t.content_type, t.payload, t.created_at, t.traceparent,
+           row_number() OVER (ORDER BY t.seq) AS rn,
+           (row_number() OVER (PARTITION BY t.topic ORDER BY t.seq) - 1) / $6::int AS bn
+    FROM (SELECT id, topic, seq, partition_key, event_type, aggregate_type, aggregate_id, participant, content_type, payload, created_at, traceparent FROM cur UNION ALL SELECT id, topic, seq, partition_key, event_type, aggregate_type, aggregate_id, participant, content_type, payload, created_at, traceparent FROM fresh) t
+), numbered AS (
+    SELECT todo.id, todo.topic, todo.seq, todo.partition_key, todo.event_type, todo.aggregate_type, todo.aggregate_id, todo.participant, todo.content_type, todo.payload, todo.created_at, todo.traceparent, todo.rn, todo.bn, s.next_seq + todo.rn - 1 AS lane_seq,
+           s.next_seq + min(todo.rn) OVER (PARTITION BY todo.topic, todo.bn) - 1 AS lane_batch
+    FROM todo, s
+), round AS (
+    SELECT count(*)::int AS n, max(todo.seq) AS last FROM todo
+), newlane AS (
+    -- The lane after this statement; nothing to write when it marked nothing and started no round.
+    SELECT CASE WHEN nb.snap IS NULL THEN s.batch_no ELSE s.batch_no + 1 END AS batch_no,
+           CASE WHEN nb.snap IS NULL THEN s.prev_snap ELSE s.cur_snap END AS prev_snap,
+           coalesce(nb.snap, s.cur_snap) AS cur_snap,
+           CASE WHEN nb.snap IS NULL THEN s.done_seq ELSE 0 END AS done_seq,
+           s.next_seq, round.n, round.last
+    FROM s CROSS JOIN round LEFT JOIN nb ON true
+    WHERE round.n > 0 OR EXISTS (SELECT 1 FROM marked)
+), advanced AS (
+    UPDATE outbox_lanes l
+    SET batch_no = n.batch_no, prev_snap = n.prev_snap, cur_snap = n.cur_snap, done_seq = n.done_seq,
+        next_seq = n.next_seq, round_seq = coalesce(n.last, 0), round_rows = n.n
+    FROM newlane n
+    WHERE l.lane = $1
+), logged AS (
+    INSERT INTO outbox_lane_marks (lane, batch_no, through_seq, cur_xmax, prev_snap, cur_snap, marked_at)
+    SELECT $1, m.batch_no, m.round_seq, pg_snapshot_xmax(m.cur_snap), m.prev_snap, m.cur_snap, now()
+    FROM marked m
+)
+SELECT c.leased, c.marked, c.resent, c.batch_no, c.round_seq,
+       coalesce(o.id, '00000000-0000-0000-0000-000000000000')::uuid AS id,
+       coalesce(o.topic, '')::text AS topic, coalesce(o.partition_key, '')::text AS partition_key,
+       coalesce(o.event_type, '')::text AS event_type, coalesce(o.aggregate_type, '')::text AS aggregate_type,
+       coalesce(o.aggregate_id, '')::text AS aggregate_id, coalesce(o.participant, '')::text AS participant,
+       coalesce(o.content_type, '')::text AS content_type, coalesce(o.payload, '')::bytea AS payload,
+       coalesce(o.created_at, 'epoch')::timestamptz AS created_at, coalesce(o.lane_seq, 0)::bigint AS lane_seq,
+       coalesce(o.lane_batch, 0)::bigint AS lane_batch, o.traceparent
+FROM (SELECT EXISTS (SELECT 1 FROM lease) AS leased,
+             coalesce((SELECT m.round_rows FROM marked m), 0)::bigint AS marked,
+             coalesce((SELECT s.resent FROM s), false)::boolean AS resent,
+             coalesce((SELECT CASE WHEN nb.snap IS NULL THEN s.batch_no ELSE s.batch_no + 1 END
+                       FROM s LEFT JOIN nb ON true), 0)::bigint AS batch_no,
+             coalesce((SELECT round.last FROM round), 0)::bigint AS round_seq) c
+LEFT JOIN numbered o ON true
+`
+
+type OutboxRoundParams struct {
+	Lane      int16
+	Owner     string
+	MarkBatch int64
+	MarkSeq   int64
+	MaxRows   int32
+	MaxBatch  int32
+}
+
+type OutboxRoundRow struct {
+	Leased        bool
+	Marked        int64
+	Resent        bool
+	BatchNo       int64
+	RoundSeq      int64
 	ID            uuid.UUID
 	Topic         string
 	PartitionKey  string
@@ -162,16 +297,50 @@ type ListSequencedOutboxRow struct {
 	Traceparent   pgtype.Text
 }
 
-func (q *Queries) ListSequencedOutbox(ctx context.Context, arg ListSequencedOutboxParams) ([]ListSequencedOutboxRow, error) {
-	rows, err := q.db.Query(ctx, listSequencedOutbox, arg.Lane, arg.MaxRows)
+// One statement per relay round (schema/00012_outbox_insert_only.sql),
+// under the caller's live lease (the lane row locked), writing no outbox row.
+//
+// First it marks the caller's acknowledged round: when @mark_batch and
+// @mark_seq name the lane's round in flight, done_seq and next_seq move past
+// it and a row is appended to outbox_lane_marks. Then it returns the lane's
+// round to send: the round still in flight when there is one (the caller
+// failed it, or a relay died with it: the same rows, numbered alike), else
+// a new round of up to @max_rows rows of the lane's batch after done_seq,
+// in seq order, or, when the batch has none left, of a new batch (the rows
+// committed since the batch's snapshot: cur_snap becomes prev_snap and the
+// statement's snapshot cur_snap). A new round is recorded in the lane
+// before it is returned. Each row gets its Pulsar sequence id (lane_seq:
+// next_seq + its position in the round) and its batch's (lane_batch: per
+// topic, runs of at most @max_batch rows, the sequence id of a run's first
+// row).
+//
+// It always returns at least one row, each with leased (false: the lease is
+// gone, nothing was done), marked (how many rows it marked), resent (the
+// round was already in flight) and the round's batch_no and round_seq, which
+// the caller passes back as @mark_batch and @mark_seq once every row of the
+// round is acknowledged; a row with lane_seq 0 carries only these.
+func (q *Queries) OutboxRound(ctx context.Context, arg OutboxRoundParams) ([]OutboxRoundRow, error) {
+	rows, err := q.db.Query(ctx, outboxRound,
+		arg.Lane,
+		arg.Owner,
+		arg.MarkBatch,
+		arg.MarkSeq,
+		arg.MaxRows,
+		arg.MaxBatch,
+	)
 	if err != nil {
 		return nil, err
 	}
 	defer rows.Close()
-	items := []ListSequencedOutboxRow{}
+	items := []OutboxRoundRow{}
 	for rows.Next() {
-		var i ListSequencedOutboxRow
+		var i OutboxRoundRow
 		if err := rows.Scan(
+			&i.Leased,
+			&i.Marked,
+			&i.Resent,
+			&i.BatchNo,
+			&i.RoundSeq,
 			&i.ID,
 			&i.Topic,
 			&i.PartitionKey,
@@ -196,65 +365,53 @@ func (q *Queries) ListSequencedOutbox(ctx context.Context, arg ListSequencedOutb
 	return items, nil
 }
 
-const markOutboxPublished = `-- name: MarkOutboxPublished :execrows
-UPDATE outbox o SET published_at = now()
-WHERE o.lane = $1::smallint AND o.published_at IS NULL AND o.lane_seq IS NOT NULL
-  AND o.id = ANY($2::uuid[])
-  AND EXISTS (SELECT 1 FROM outbox_lanes l
-              WHERE l.lane = $1::smallint AND l.owner = $3::text AND l.lease_until > now())
+const purgeOutbox = `-- name: PurgeOutbox :execrows
+WITH bound AS (
+    SELECT m.batch_no, m.through_seq, m.cur_xmax, m.prev_snap, m.cur_snap FROM outbox_lane_marks m
+    WHERE m.lane = $1 AND m.marked_at < $2::timestamptz
+    ORDER BY m.batch_no DESC, m.through_seq DESC
+    LIMIT 1
+), doomed AS (
+    -- The bound's values as scalar subqueries, so that they bound the index scan.
+    (SELECT o.id FROM outbox o
+     WHERE o.lane = $1 AND o.published_at IS NULL AND o.txid < (SELECT b.cur_xmax FROM bound b)
+       AND pg_visible_in_snapshot(o.txid, (SELECT b.cur_snap FROM bound b))
+       AND (o.seq <= (SELECT b.through_seq FROM bound b) OR pg_visible_in_snapshot(o.txid, (SELECT b.prev_snap FROM bound b)))
+       AND NOT EXISTS (SELECT 1 FROM entries e WHERE e.pending_correlation = o.id)
+       AND NOT EXISTS (SELECT 1 FROM claims c WHERE c.pending_correlation = o.id)
+     LIMIT $3::int)
+    UNION ALL
+    (SELECT o.id FROM outbox o
+     WHERE o.published_at < $2::timestamptz AND o.lane = $1
+       AND NOT EXISTS (SELECT 1 FROM entries e WHERE e.pending_correlation = o.id)
+       AND NOT EXISTS (SELECT 1 FROM claims c WHERE c.pending_correlation = o.id)
+     LIMIT $3::int)
+), gone AS (
+    DELETE FROM outbox o WHERE o.id IN (SELECT doomed.id FROM doomed) RETURNING 1
+), old_marks AS (
+    DELETE FROM outbox_lane_marks m USING bound b
+    WHERE m.lane = $1 AND (m.batch_no, m.through_seq) < (b.batch_no, b.through_seq)
+)
+SELECT 1 FROM gone
 `
 
-type MarkOutboxPublishedParams struct {
-	Lane  int16
-	Ids   []uuid.UUID
-	Owner string
+type PurgeOutboxParams struct {
+	Lane    int16
+	Before  time.Time
+	MaxRows int32
 }
 
-// Marks acknowledged rows, only while the caller still holds the lane. The
-// lane and in-flight conditions let it read the lane's in-flight rows through
-// outbox_unpublished rather than the whole table.
-func (q *Queries) MarkOutboxPublished(ctx context.Context, arg MarkOutboxPublishedParams) (int64, error) {
-	result, err := q.db.Exec(ctx, markOutboxPublished, arg.Lane, arg.Ids, arg.Owner)
+// Deletes up to @max_rows rows of the lane published before @before: the
+// ones the lane's last mark older than that covers (and so every earlier
+// mark), and rows from before the insert-only outbox with an old
+// published_at. The DirectoryRequest a write still waits on is kept
+// (StalePendingRequests reads it). Marks older than that last one go too.
+func (q *Queries) PurgeOutbox(ctx context.Context, arg PurgeOutboxParams) (int64, error) {
+	result, err := q.db.Exec(ctx, purgeOutbox, arg.Lane, arg.Before, arg.MaxRows)
 	if err != nil {
 		return 0, err
 	}
 	return result.RowsAffected(), nil
-}
-
-const outboxBacklog = `-- name: OutboxBacklog :one
-SELECT count(*)::bigint AS rows,
-       coalesce(extract(epoch FROM now() - min(u.created_at)), 0)::float8 AS oldest_age_seconds
-FROM outbox_lanes l
-CROSS JOIN LATERAL (
-    SELECT o.created_at FROM outbox o WHERE o.lane = l.lane AND o.published_at IS NULL AND o.lane_seq IS NULL
-    UNION ALL
-    SELECT o.created_at FROM outbox o WHERE o.lane = l.lane AND o.published_at IS NULL AND o.lane_seq IS NOT NULL) u
-`
-
-type OutboxBacklogRow struct {
-	Rows             int64
-	OldestAgeSeconds float64
-}
-
-// The unpublished rows are, lane by lane, the unsequenced ones
-// (outbox_unsequenced) and the ones in flight (outbox_unpublished); by lane, so
-// that the partial indexes are used whatever the planner knows of the table.
-func (q *Queries) OutboxBacklog(ctx context.Context) (OutboxBacklogRow, error) {
-	row := q.db.QueryRow(ctx, outboxBacklog)
-	var i OutboxBacklogRow
-	err := row.Scan(&i.Rows, &i.OldestAgeSeconds)
-	return i, err
-}
-
-const outboxIdentity = `-- name: OutboxIdentity :one
-SELECT id FROM outbox_identity WHERE singleton
-`
-
-func (q *Queries) OutboxIdentity(ctx context.Context) (uuid.UUID, error) {
-	row := q.db.QueryRow(ctx, outboxIdentity)
-	var id uuid.UUID
-	err := row.Scan(&id)
-	return id, err
 }
 
 const recordOutboxFailure = `-- name: RecordOutboxFailure :exec
@@ -309,167 +466,6 @@ func (q *Queries) RenewOutboxLanes(ctx context.Context, arg RenewOutboxLanesPara
 			return nil, err
 		}
 		items = append(items, lane)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, err
-	}
-	return items, nil
-}
-
-const sequenceOutboxRound = `-- name: SequenceOutboxRound :many
-WITH lease AS (
-    SELECT l.next_seq AS held_next_seq FROM outbox_lanes l
-    WHERE l.lane = $1 AND l.owner = $2::text AND l.lease_until > now()
-    FOR UPDATE
-), marked AS (
-    UPDATE outbox m SET published_at = now()
-    WHERE m.lane = $1::smallint AND m.published_at IS NULL AND m.lane_seq IS NOT NULL
-      AND m.lane_seq BETWEEN $3::bigint AND $4::bigint
-      AND EXISTS (SELECT 1 FROM lease)
-    RETURNING m.lane_seq
-), lane AS (
-    SELECT lease.held_next_seq AS next_seq FROM lease
-    WHERE CASE WHEN $3::bigint > $4::bigint
-               THEN NOT EXISTS (SELECT 1 FROM outbox f
-                                WHERE f.lane = $1 AND f.published_at IS NULL AND f.lane_seq IS NOT NULL)
-               ELSE lease.held_next_seq - $4::bigint = 1
-                    AND (SELECT count(*) FROM marked) = $5::bigint
-          END
-), todo AS (
-    SELECT t.id, t.topic, t.seq,
-           row_number() OVER (ORDER BY t.seq) AS rn,
-           (row_number() OVER (PARTITION BY t.topic ORDER BY t.seq) - 1) / $6::int AS bn
-    FROM (SELECT o.id, o.topic, o.seq FROM outbox o
-          WHERE o.lane = $1 AND o.published_at IS NULL AND o.lane_seq IS NULL
-            AND EXISTS (SELECT 1 FROM lane)
-          ORDER BY o.seq
-          LIMIT $7::int) t
-), numbered AS (
-    SELECT todo.id, todo.seq, lane.next_seq + todo.rn - 1 AS lane_seq,
-           lane.next_seq + min(todo.rn) OVER (PARTITION BY todo.topic, todo.bn) - 1 AS lane_batch
-    FROM todo, lane
-), round AS (
-    -- The round as arrays, so that the update below finds its rows by primary
-    -- key and their numbers by position, whatever the planner knows of the
-    -- table: a join of outbox with numbered degrades, on a table without
-    -- statistics yet, into a scan of the whole table per row.
-    SELECT array_agg(numbered.id ORDER BY numbered.seq) AS ids,
-           array_agg(numbered.lane_seq ORDER BY numbered.seq) AS lane_seqs,
-           array_agg(numbered.lane_batch ORDER BY numbered.seq) AS lane_batches
-    FROM numbered
-), advanced AS (
-    UPDATE outbox_lanes SET next_seq = next_seq + (SELECT count(*) FROM numbered)
-    WHERE outbox_lanes.lane = $1 AND EXISTS (SELECT 1 FROM numbered)
-), sequenced AS (
-    UPDATE outbox o
-    SET lane_seq = r.lane_seqs[array_position(r.ids, o.id)],
-        lane_batch = r.lane_batches[array_position(r.ids, o.id)]
-    FROM round r
-    WHERE o.id = ANY((SELECT ids FROM round)::uuid[])
-      AND o.lane = $1::smallint AND o.published_at IS NULL AND o.lane_seq IS NULL
-    RETURNING o.id, o.topic, o.partition_key, o.event_type, o.aggregate_type, o.aggregate_id, o.participant,
-              o.content_type, o.payload, o.created_at, o.lane_seq, o.lane_batch, o.traceparent
-)
-SELECT c.marked, c.leased, c.ready, coalesce(s.id, '00000000-0000-0000-0000-000000000000')::uuid AS id,
-       coalesce(s.topic, '')::text AS topic, coalesce(s.partition_key, '')::text AS partition_key,
-       coalesce(s.event_type, '')::text AS event_type, coalesce(s.aggregate_type, '')::text AS aggregate_type,
-       coalesce(s.aggregate_id, '')::text AS aggregate_id, coalesce(s.participant, '')::text AS participant,
-       coalesce(s.content_type, '')::text AS content_type, coalesce(s.payload, '')::bytea AS payload,
-       coalesce(s.created_at, 'epoch')::timestamptz AS created_at, coalesce(s.lane_seq, 0)::bigint AS lane_seq,
-       coalesce(s.lane_batch, 0)::bigint AS lane_batch, s.traceparent
-FROM (SELECT (SELECT count(*) FROM marked)::bigint AS marked,
-             EXISTS (SELECT 1 FROM lease) AS leased,
-             EXISTS (SELECT 1 FROM lane) AS ready) c
-LEFT JOIN sequenced s ON true
-`
-
-type SequenceOutboxRoundParams struct {
-	Lane        int16
-	Owner       string
-	MarkFrom    int64
-	MarkThrough int64
-	MarkRows    int64
-	MaxBatch    int32
-	MaxRows     int32
-}
-
-type SequenceOutboxRoundRow struct {
-	Marked        int64
-	Leased        bool
-	Ready         bool
-	ID            uuid.UUID
-	Topic         string
-	PartitionKey  string
-	EventType     string
-	AggregateType string
-	AggregateID   string
-	Participant   string
-	ContentType   string
-	Payload       []byte
-	CreatedAt     time.Time
-	LaneSeq       int64
-	LaneBatch     int64
-	Traceparent   pgtype.Text
-}
-
-// One statement per relay round, under the caller's live lease (the lane row
-// locked). First it marks published the caller's acknowledged rows of its
-// previous round: the lane's unpublished rows with lane_seq in
-// [mark_from, mark_through], mark_rows of them (an empty range, from >
-// through, marks nothing). Then, only when no other row of the lane is in
-// flight (sequenced and unpublished), it gives up to max_rows unsequenced rows,
-// in insert order, the lane's next sequence numbers and their batches (per
-// topic, runs of at most max_batch rows; lane_batch is the sequence number of
-// a batch's first row), advances the lane, and returns them to send.
-//
-// No other row in flight: without a range, none at all; with one, the caller
-// vouches that its previous statement left only that range in flight, so it
-// suffices that the range was marked in full and nobody sequenced since
-// (next_seq follows the range), which costs no scan.
-//
-// It always returns at least one row, each with marked (how many rows it
-// marked), leased (false: the caller's lease is gone, nothing was done) and
-// ready (false: rows other than the marked ones may be in flight, and
-// ListSequencedOutbox has them); a row with lane_seq 0 carries only these. No
-// other row and ready: nothing to sequence.
-func (q *Queries) SequenceOutboxRound(ctx context.Context, arg SequenceOutboxRoundParams) ([]SequenceOutboxRoundRow, error) {
-	rows, err := q.db.Query(ctx, sequenceOutboxRound,
-		arg.Lane,
-		arg.Owner,
-		arg.MarkFrom,
-		arg.MarkThrough,
-		arg.MarkRows,
-		arg.MaxBatch,
-		arg.MaxRows,
-	)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	items := []SequenceOutboxRoundRow{}
-	for rows.Next() {
-		var i SequenceOutboxRoundRow
-		if err := rows.Scan(
-			&i.Marked,
-			&i.Leased,
-			&i.Ready,
-			&i.ID,
-			&i.Topic,
-			&i.PartitionKey,
-			&i.EventType,
-			&i.AggregateType,
-			&i.AggregateID,
-			&i.Participant,
-			&i.ContentType,
-			&i.Payload,
-			&i.CreatedAt,
-			&i.LaneSeq,
-			&i.LaneBatch,
-			&i.Traceparent,
-		); err != nil {
-			return nil, err
-		}
-		items = append(items, i)
 	}
 	if err := rows.Err(); err != nil {
 		return nil, err

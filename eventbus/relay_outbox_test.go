@@ -1,0 +1,204 @@
+package eventbus_test
+
+import (
+	"context"
+	"encoding/json"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/lbpay-lab/core-dict/eventbus"
+)
+
+// insertEvent writes the outbox row of key's n-th event in tx.
+func insertEvent(t testing.TB, tx pgx.Tx, topic, key string, n int) {
+	t.Helper()
+	payload, _ := json.Marshal(event{Key: key, N: n})
+	if _, err := tx.Exec(context.Background(), `INSERT INTO outbox (id, created_at, topic, partition_key, event_type, aggregate_type, aggregate_id, participant, content_type, payload, traceparent)
+		VALUES ($1, now(), $2, $3, 'KeyUpdated', 'Entry', $3, '12345678', 'application/json', $4, $5)`,
+		uuid.New(), topic, key, payload, "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"); err != nil {
+		t.Fatalf("insert outbox row: %v", err)
+	}
+}
+
+func beginWithXid(t testing.TB, pool *pgxpool.Pool) (pgx.Tx, int64) {
+	t.Helper()
+	tx, err := pool.Begin(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = tx.Rollback(context.Background()) })
+	var xid int64
+	if err := tx.QueryRow(context.Background(), "SELECT pg_current_xact_id()::text::bigint").Scan(&xid); err != nil {
+		t.Fatal(err)
+	}
+	return tx, xid
+}
+
+// TestRelayKeyOrderFollowsCommits: one key's events go out in the order their transactions wrote them,
+// which is the order of the xids only when each transaction takes its xid at the key's lock. Here the
+// transaction writing the key's later event took its xid first (as a dict write does when it records
+// its request id before it waits for the key), and is still open when the earlier event is committed and
+// published: its event must come after that one, not before it, and not be lost behind it.
+func TestRelayKeyOrderFollowsCommits(t *testing.T) {
+	t.Parallel()
+	db := relayDB(t)
+	client := newPulsarClient(t)
+	topic := relayTopic(t)
+	c := subscribe(t, client, topic)
+	const key = "order-key"
+	const rounds = 5
+	n := 0
+	// pair writes the key's next two events: the first in a transaction with the higher xid, committed
+	// first; then, when published (nil: at once), the second in the one with the lower xid.
+	pair := func(published func(n int)) {
+		later, lowXid := beginWithXid(t, db.Pool)
+		earlier, highXid := beginWithXid(t, db.Pool)
+		if lowXid >= highXid {
+			t.Fatalf("xids %d, %d: want the first below the second", lowXid, highXid)
+		}
+		insertEvent(t, earlier, topic, key, n)
+		if err := earlier.Commit(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		n++
+		if published != nil {
+			published(n)
+		}
+		insertEvent(t, later, topic, key, n)
+		if err := later.Commit(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		n++
+	}
+	// Before the relay runs: the pairs are published together.
+	for range rounds {
+		pair(nil)
+	}
+	startRelay(t, db.Pool, client, eventbus.WithRelayPollInterval(50*time.Millisecond))
+	c.check(t, map[string]int{key: n}, 60*time.Second)
+	// While it runs: the first event of a pair is published while the transaction with the lower xid
+	// is still open.
+	for range rounds {
+		pair(func(n int) {
+			deadline := time.Now().Add(30 * time.Second)
+			for c.count() < n && time.Now().Before(deadline) {
+				time.Sleep(10 * time.Millisecond)
+			}
+			if c.count() < n {
+				t.Fatalf("event %d not published while an older transaction was open", n-1)
+			}
+		})
+	}
+	c.check(t, map[string]int{key: n}, 60*time.Second)
+	waitDrained(t, db.Pool, 10*time.Second)
+}
+
+// TestRelayPurgesPublishedRows: rows published longer ago than the retention are deleted, with the lanes'
+// marks of them; younger ones and the unpublished stay, and publication times are recorded.
+func TestRelayPurgesPublishedRows(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	db := relayDB(t)
+	client := newPulsarClient(t)
+	topic := relayTopic(t)
+	c := subscribe(t, client, topic)
+	keys := testKeys("p", 20)
+	want := insertEvents(t, db.Pool, topic, keys, 500, nil) // n 0..24 per key
+	// Two rows from before the insert-only outbox, published 2 h and 1 min ago: never sent again.
+	if _, err := db.Pool.Exec(ctx, `INSERT INTO outbox (id, created_at, topic, partition_key, event_type, aggregate_type, aggregate_id, participant, content_type, payload, published_at)
+		VALUES (gen_random_uuid(), now(), $1, 'legacy-old', 'KeyUpdated', 'Entry', 'legacy-old', '12345678', 'application/json', '{}', now() - interval '2 hours'),
+		       (gen_random_uuid(), now(), $1, 'legacy-new', 'KeyUpdated', 'Entry', 'legacy-new', '12345678', 'application/json', '{}', now() - interval '1 minute')`, topic); err != nil {
+		t.Fatal(err)
+	}
+	reg := prometheus.NewRegistry()
+	start := time.Now()
+	startRelay(t, db.Pool, client, eventbus.WithRelayRegistry(reg), eventbus.WithRelayBatchSize(50),
+		eventbus.WithRelayRetention(time.Hour), eventbus.WithRelayPurgeInterval(100*time.Millisecond))
+	c.check(t, want, 60*time.Second)
+	waitDrained(t, db.Pool, 10*time.Second)
+
+	var noTime, wrongTime int
+	if err := db.Pool.QueryRow(ctx, `SELECT count(*) FILTER (WHERE p.published_at IS NULL),
+			count(*) FILTER (WHERE p.published_at < $1 OR p.published_at > now())
+		FROM outbox_publication p JOIN outbox o ON o.id = p.id WHERE o.partition_key NOT LIKE 'legacy-%'`, start).Scan(&noTime, &wrongTime); err != nil {
+		t.Fatal(err)
+	}
+	if noTime != 0 || wrongTime != 0 {
+		t.Errorf("publication times: %d rows without one, %d outside the relay's run", noTime, wrongTime)
+	}
+
+	// Everything published so far was published 2 h ago; then 200 more rows are published now. One
+	// old row is the request a write still waits on (an entry's pending_correlation): it stays.
+	var kept string
+	if err := db.Pool.QueryRow(ctx, `INSERT INTO entries (key, key_type, participant, account_number, account_type, account_opened_at,
+			owner_type, owner_tax_id, owner_name, status, created_at, key_owned_since, updated_at, request_id,
+			cid, cid_w0, cid_w1, cid_w2, cid_w3, pending_op, pending_correlation)
+		SELECT 'kept@example.com', 'EMAIL', '12345678', '1', 'CACC', now(), 'NATURAL_PERSON', '12345678901', 'Kept', 'PENDING',
+			now(), now(), now(), gen_random_uuid(), repeat('0', 64), 0, 0, 0, 0, 'CREATE', o.id
+		FROM outbox o WHERE o.partition_key = $1 ORDER BY o.seq LIMIT 1
+		RETURNING pending_correlation::text`, keys[0]).Scan(&kept); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Pool.Exec(ctx, "UPDATE outbox_lane_marks SET marked_at = now() - interval '2 hours'"); err != nil {
+		t.Fatal(err)
+	}
+	want = insertEvents(t, db.Pool, topic, keys, 200, want) // n 25..34
+	c.check(t, want, 60*time.Second)
+	waitDrained(t, db.Pool, 10*time.Second)
+
+	count := func() (old, young, legacyOld, legacyNew int) {
+		t.Helper()
+		if err := db.Pool.QueryRow(ctx, `SELECT
+				count(*) FILTER (WHERE partition_key NOT LIKE 'legacy-%' AND (convert_from(payload, 'UTF8')::jsonb->>'n')::int < 25 AND id <> $1),
+				count(*) FILTER (WHERE partition_key NOT LIKE 'legacy-%' AND (convert_from(payload, 'UTF8')::jsonb->>'n')::int >= 25),
+				count(*) FILTER (WHERE partition_key = 'legacy-old'),
+				count(*) FILTER (WHERE partition_key = 'legacy-new')
+			FROM outbox`, kept).Scan(&old, &young, &legacyOld, &legacyNew); err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		old, young, legacyOld, legacyNew := count()
+		if old == 0 && legacyOld == 0 {
+			if young != 200 || legacyNew != 1 {
+				t.Errorf("after the purge: %d young rows, %d recent legacy rows; want 200 and 1", young, legacyNew)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("not purged: %d old rows, %d old legacy rows left (young %d, recent legacy %d)", old, legacyOld, young, legacyNew)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if n := metricValue(t, reg, "outbox_purged_total"); n != 500 {
+		t.Errorf("outbox_purged_total = %v, want 500 (499 rows and a legacy one)", n)
+	}
+	var keptAt time.Time
+	if err := db.Pool.QueryRow(ctx, "SELECT published_at FROM outbox_publication WHERE id = $1 AND published", kept).Scan(&keptAt); err != nil {
+		t.Fatalf("the request a write waits on: %v", err)
+	}
+	if time.Since(keptAt) < time.Hour {
+		t.Errorf("the request a write waits on was published at %s, want over an hour ago", keptAt)
+	}
+	// Of the old marks, each lane keeps at most its last (the purge's bound); the young rows still have
+	// their publication times.
+	var oldMarks, lanes, noTimeLeft int
+	if err := db.Pool.QueryRow(ctx, `SELECT (SELECT count(*) FROM outbox_lane_marks WHERE marked_at < now() - interval '1 hour'),
+			(SELECT count(DISTINCT lane) FROM outbox_lane_marks WHERE marked_at < now() - interval '1 hour'),
+			(SELECT count(*) FROM outbox_publication WHERE id <> $1 AND (published_at IS NULL OR published_at < now() - interval '1 hour'))`, kept).Scan(&oldMarks, &lanes, &noTimeLeft); err != nil {
+		t.Fatal(err)
+	}
+	if oldMarks != lanes {
+		t.Errorf("%d marks older than the retention over %d lanes, want one per lane", oldMarks, lanes)
+	}
+	if noTimeLeft != 0 {
+		t.Errorf("%d remaining rows without a recent publication time", noTimeLeft)
+	}
+}
