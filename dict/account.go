@@ -238,3 +238,17 @@ func onlyAlnumUpper(s string) bool {
 	}
 	return true
 }
+
+// IsISPB reports whether s is an ISPB, a participant's identifier: exactly 8
+// ASCII digits.
+func IsISPB(s string) bool {
+	if len(s) != 8 {
+		return false
+	}
+	for i := range len(s) {
+		if s[i] < '0' || s[i] > '9' {
+			return false
+		}
+	}
+	return true
+}

@@ -47,7 +47,7 @@ func beginSQL(participants []string, readOnly bool) string {
 	b.WriteString("; SELECT set_config('app.participants', '")
 	n := 0
 	for _, p := range participants {
-		if !isISPB(p) {
+		if !IsISPB(p) {
 			continue
 		}
 		if n > 0 {
@@ -60,24 +60,12 @@ func beginSQL(participants []string, readOnly bool) string {
 	return b.String()
 }
 
-func isISPB(p string) bool {
-	if len(p) != 8 {
-		return false
-	}
-	for i := 0; i < len(p); i++ {
-		if p[i] < '0' || p[i] > '9' {
-			return false
-		}
-	}
-	return true
-}
-
 // setParticipants declares the participant set of a transaction begun
 // elsewhere ([ServiceConfig.ResponseOnce]'s).
 func setParticipants(ctx context.Context, tx pgx.Tx, participants []string) error {
 	keep := make([]string, 0, len(participants))
 	for _, p := range participants {
-		if isISPB(p) {
+		if IsISPB(p) {
 			keep = append(keep, p)
 		}
 	}

@@ -82,7 +82,7 @@ func ConfigFromEnv(getenv func(string) string) (Config, error) {
 				cat = ispb
 			}
 			cat = strings.ToUpper(strings.TrimSpace(cat))
-			if _, ok := dict.ParticipantBuckets[cat]; !ok || (per && !isISPB(strings.TrimSpace(ispb))) {
+			if _, ok := dict.ParticipantBuckets[cat]; !ok || (per && !dict.IsISPB(strings.TrimSpace(ispb))) {
 				return Config{}, fmt.Errorf("DICTSIM_PARTICIPANT_CATEGORY=%q: want a category A to H, optionally followed by ISPB=category pairs, comma-separated", v)
 			}
 			if per {
@@ -96,23 +96,11 @@ func ConfigFromEnv(getenv func(string) string) (Config, error) {
 		for _, item := range strings.Split(v, ",") {
 			ispb, topic, ok := strings.Cut(strings.TrimSpace(item), "=")
 			ispb, topic = strings.TrimSpace(ispb), strings.TrimSpace(topic)
-			if !ok || !isISPB(ispb) || !strings.Contains(topic, "://") {
+			if !ok || !dict.IsISPB(ispb) || !strings.Contains(topic, "://") {
 				return Config{}, fmt.Errorf("DICTSIM_NOTICE_TOPICS=%q: want ISPB=persistent://tenant/namespace/topic pairs, comma-separated", v)
 			}
 			c.NoticeTopics[ispb] = topic
 		}
 	}
 	return c, nil
-}
-
-func isISPB(s string) bool {
-	if len(s) != 8 {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		if s[i] < '0' || s[i] > '9' {
-			return false
-		}
-	}
-	return true
 }

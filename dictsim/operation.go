@@ -27,7 +27,7 @@ type operation struct {
 }
 
 func (o *operation) run(ctx context.Context) error {
-	if !isISPB(o.req.GetParticipant()) {
+	if !dict.IsISPB(o.req.GetParticipant()) {
 		return dict.Invalid("participant", "participant must be the sender's 8-digit ISPB")
 	}
 	if !isWrite(o.req) || o.req.GetRequestId() == "" {

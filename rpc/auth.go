@@ -14,6 +14,8 @@ import (
 	"connectrpc.com/connect"
 	"github.com/golang-jwt/jwt/v5"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
+
+	"github.com/lbpay-lab/core-dict/dict"
 )
 
 // The scopes a token may carry in its space-separated "scope" claim.
@@ -187,7 +189,7 @@ func NewAuthenticator(cfg AuthConfig) (*Authenticator, error) {
 		if p = strings.TrimSpace(p); p == "" {
 			continue
 		}
-		if !isISPB(p) {
+		if !dict.IsISPB(p) {
 			return nil, fmt.Errorf("auth: participant %q is not an ISPB (8 digits)", p)
 		}
 		a.participants[p] = true
@@ -387,7 +389,7 @@ func (a *Authenticator) authenticate(h http.Header) (Principal, error) {
 	if claims.Subject == "" {
 		return Principal{}, authUnauthenticated("token has no sub claim")
 	}
-	if !isISPB(claims.ISPB) {
+	if !dict.IsISPB(claims.ISPB) {
 		return Principal{}, authUnauthenticated("token ispb claim must be the participant's 8-digit ISPB")
 	}
 	p := Principal{
@@ -462,19 +464,6 @@ func authError(code connect.Code, reason, msg string, metadata map[string]string
 	return err
 }
 
-// isISPB reports whether s is an ISPB: exactly 8 ASCII digits.
-func isISPB(s string) bool {
-	if len(s) != 8 {
-		return false
-	}
-	for i := range len(s) {
-		if s[i] < '0' || s[i] > '9' {
-			return false
-		}
-	}
-	return true
-}
-
 // IssueToken returns an HS256 token for sub acting for participant ispb with
 // scopes, audience [DefaultAudience], valid for ttl from now. It is what
 // `core-dict token` prints; production tokens come from an identity provider.
@@ -484,7 +473,7 @@ func IssueToken(secret []byte, sub, ispb string, scopes []string, ttl time.Durat
 		return "", fmt.Errorf("issue token: secret is %d bytes; HS256 needs at least %d", len(secret), MinHS256SecretLen)
 	case sub == "":
 		return "", errors.New("issue token: sub is empty")
-	case !isISPB(ispb):
+	case !dict.IsISPB(ispb):
 		return "", fmt.Errorf("issue token: ispb %q is not 8 digits", ispb)
 	case ttl <= 0:
 		return "", fmt.Errorf("issue token: ttl %v is not positive", ttl)

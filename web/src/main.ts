@@ -323,12 +323,7 @@ function keysScreen(): HTMLElement {
   const pageSize = select("page_size", [["10", "10"], ["50", "50"], ["100", "100"]], "10");
   const list = h("div", { class: "list", "aria-live": "polite" });
   const box = h("div", { class: "messages" });
-  const prev = h("button", { type: "button", class: "secondary", disabled: true }, "Previous page");
-  const next = h("button", { type: "button", class: "secondary", disabled: true }, "Next page");
-  const pageInfo = h("span", { class: "page-info" });
-  const tokens: string[] = [""]; // page tokens of the pages shown so far
-  let page = 0;
-  let nextToken = "";
+  const pages = pager(() => void load());
 
   const filters = h(
     "form",
@@ -336,8 +331,7 @@ function keysScreen(): HTMLElement {
       class: "card filters",
       onsubmit: (ev: Event) => {
         ev.preventDefault();
-        tokens.length = 1;
-        page = 0;
+        pages.restart();
         void load();
       },
     },
@@ -368,34 +362,18 @@ function keysScreen(): HTMLElement {
           ? { branch: branch.value.trim(), number: number.value.trim(), type: Number(accType.value || 0) as AccountType }
           : undefined,
         pageSize: Number(pageSize.value),
-        pageToken: tokens[page],
+        pageToken: pages.token(),
       });
-      nextToken = res.nextPageToken;
       list.replaceChildren(
         ...(res.entries.length === 0
           ? [h("p", { class: "empty" }, "No keys match.")]
           : res.entries.map((e) => entryCard(e, () => void load(true)))),
       );
-      prev.disabled = page === 0;
-      next.disabled = nextToken === "";
-      pageInfo.textContent = `Page ${page + 1}`;
+      pages.shown(res.nextPageToken);
     } catch (err) {
       showFailure(box, err, filters);
     }
   }
-  prev.addEventListener("click", () => {
-    if (page > 0) {
-      page--;
-      void load();
-    }
-  });
-  next.addEventListener("click", () => {
-    if (nextToken) {
-      tokens[page + 1] = nextToken;
-      page++;
-      void load();
-    }
-  });
   // Keys waiting for the directory change on their own: refresh while any is.
   every(1500, () => {
     if (list.querySelector(".badge.pending")) {
@@ -412,7 +390,7 @@ function keysScreen(): HTMLElement {
     filters,
     box,
     list,
-    h("div", { class: "pager" }, prev, pageInfo, next),
+    pages.el,
   );
 }
 
@@ -712,6 +690,45 @@ const claimStatuses: [ClaimStatus, string][] = [
   [ClaimStatus.COMPLETED, "Completed"],
 ];
 
+// pager pages a list by page token: the tokens of the pages shown so far,
+// the Previous and Next buttons and the page number. load shows the page
+// whose token token() gives; it calls shown() with the next page's token.
+function pager(load: () => void) {
+  const prev = h("button", { type: "button", class: "secondary", disabled: true }, "Previous page");
+  const next = h("button", { type: "button", class: "secondary", disabled: true }, "Next page");
+  const info = h("span", { class: "page-info" });
+  const tokens: string[] = [""];
+  let page = 0;
+  let nextToken = "";
+  prev.addEventListener("click", () => {
+    if (page > 0) {
+      page--;
+      load();
+    }
+  });
+  next.addEventListener("click", () => {
+    if (nextToken) {
+      tokens[page + 1] = nextToken;
+      page++;
+      load();
+    }
+  });
+  return {
+    el: h("div", { class: "pager" }, prev, info, next),
+    token: () => tokens[page],
+    restart: () => {
+      tokens.length = 1;
+      page = 0;
+    },
+    shown: (token: string) => {
+      nextToken = token;
+      prev.disabled = page === 0;
+      next.disabled = token === "";
+      info.textContent = `Page ${page + 1}`;
+    },
+  };
+}
+
 function claimsScreen(): HTMLElement {
   const asDonor = h("input", { type: "checkbox", name: "as_donor", checked: true });
   const asClaimer = h("input", { type: "checkbox", name: "as_claimer", checked: true });
@@ -719,20 +736,14 @@ function claimsScreen(): HTMLElement {
   const pageSize = select("page_size", [["10", "10"], ["50", "50"], ["100", "100"]], "10");
   const list = h("div", { class: "list", "aria-live": "polite" });
   const box = h("div", { class: "messages" });
-  const prev = h("button", { type: "button", class: "secondary", disabled: true }, "Previous page");
-  const next = h("button", { type: "button", class: "secondary", disabled: true }, "Next page");
-  const pageInfo = h("span", { class: "page-info" });
-  const tokens = [""];
-  let page = 0;
-  let nextToken = "";
+  const pages = pager(() => void load());
   const filters = h(
     "form",
     {
       class: "card filters",
       onsubmit: (ev: Event) => {
         ev.preventDefault();
-        tokens.length = 1;
-        page = 0;
+        pages.restart();
         void load();
       },
     },
@@ -758,15 +769,12 @@ function claimsScreen(): HTMLElement {
         asClaimer: asClaimer.checked,
         statuses: statusBoxes.filter(([b]) => b.checked).map(([b]) => Number(b.value) as ClaimStatus),
         pageSize: Number(pageSize.value),
-        pageToken: tokens[page],
+        pageToken: pages.token(),
       });
-      nextToken = res.nextPageToken;
       stopTimers();
       startPolling();
       list.replaceChildren(...(res.claims.length === 0 ? [h("p", { class: "empty" }, "No claims match.")] : res.claims.map(claimCard)));
-      prev.disabled = page === 0;
-      next.disabled = nextToken === "";
-      pageInfo.textContent = `Page ${page + 1}`;
+      pages.shown(res.nextPageToken);
     } catch (err) {
       showFailure(box, err, filters);
     }
@@ -778,19 +786,6 @@ function claimsScreen(): HTMLElement {
       }
     });
   }
-  prev.addEventListener("click", () => {
-    if (page > 0) {
-      page--;
-      void load();
-    }
-  });
-  next.addEventListener("click", () => {
-    if (nextToken) {
-      tokens[page + 1] = nextToken;
-      page++;
-      void load();
-    }
-  });
   void load();
   const flash = sessionStorage.getItem("flash");
   sessionStorage.removeItem("flash");
@@ -801,7 +796,7 @@ function claimsScreen(): HTMLElement {
     filters,
     box,
     list,
-    h("div", { class: "pager" }, prev, pageInfo, next),
+    pages.el,
   );
 }
 
