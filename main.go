@@ -105,8 +105,10 @@ type config struct {
 	ClaimEventsTopic       string
 	ClaimSchedulerInterval time.Duration
 	// OutboxRetention is how long published outbox rows are kept before
-	// the relay deletes them (OUTBOX_RETENTION).
+	// the relay deletes them (OUTBOX_RETENTION); OutboxLinger how long a
+	// relay lane waits after a round that was not full (OUTBOX_LINGER).
 	OutboxRetention time.Duration
+	OutboxLinger    time.Duration
 	// SyncCheckInterval is how often each key type's VSync is checked
 	// against the directory (SYNC_CHECK_INTERVAL, at most 36h per BCB).
 	SyncCheckInterval time.Duration
@@ -191,6 +193,15 @@ func loadConfig() (config, error) {
 	c.ClaimSchedulerInterval = e.dur("CLAIM_SCHEDULER_INTERVAL", dict.DefaultClaimSchedulerInterval)
 	c.SyncCheckInterval = e.dur("SYNC_CHECK_INTERVAL", dict.DefaultSyncCheckInterval)
 	c.OutboxRetention = e.dur("OUTBOX_RETENTION", eventbus.DefaultOutboxRetention)
+	c.OutboxLinger = eventbus.DefaultOutboxLinger
+	if v := e.str("OUTBOX_LINGER", ""); v == "0" {
+		c.OutboxLinger = 0
+	} else if v != "" {
+		c.OutboxLinger = e.dur("OUTBOX_LINGER", eventbus.DefaultOutboxLinger)
+		if c.OutboxLinger > time.Second {
+			e.fail("OUTBOX_LINGER=%s: want 0 or a duration of at most 1s (every event may wait that long)", v)
+		}
+	}
 	if c.SyncCheckInterval > dict.MaxSyncCheckInterval {
 		e.fail("SYNC_CHECK_INTERVAL=%s: BCB requires a VSync check at least every %s", c.SyncCheckInterval, dict.MaxSyncCheckInterval)
 	}
@@ -406,7 +417,7 @@ func runServe(args []string) error {
 
 	logger.Info("outbox relay acts for the configured participants", "participants", cfg.Participants)
 	relay := eventbus.NewRelay(relayPool, bus.Pulsar(), eventbus.WithRelayRegistry(reg), eventbus.WithRelayLogger(logger),
-		eventbus.WithRelayRetention(cfg.OutboxRetention))
+		eventbus.WithRelayRetention(cfg.OutboxRetention), eventbus.WithRelayLinger(cfg.OutboxLinger))
 	relayCtx, stopRelay := context.WithCancel(context.Background())
 	relayDone := make(chan error, 1)
 	go func() {

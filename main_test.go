@@ -11,6 +11,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/lbpay-lab/core-dict/dict"
+	"github.com/lbpay-lab/core-dict/eventbus"
 	"github.com/lbpay-lab/core-dict/internal/testdb"
 	"github.com/lbpay-lab/core-dict/rpc"
 )
@@ -30,6 +31,8 @@ func TestLoadConfigRefusesBadValues(t *testing.T) {
 		{"MAX_REQUEST_BYTES", "10", "MAX_REQUEST_BYTES"},
 		{"CORS_ALLOWED_ORIGINS", "console.example.com", "CORS_ALLOWED_ORIGINS"},
 		{"CORS_ALLOWED_ORIGINS", "https://console.example.com/app", "CORS_ALLOWED_ORIGINS"},
+		{"OUTBOX_LINGER", "2s", "OUTBOX_LINGER"},
+		{"OUTBOX_LINGER", "-1ms", "OUTBOX_LINGER"},
 	} {
 		t.Run(test.name+"="+test.value, func(t *testing.T) {
 			t.Setenv(test.name, test.value)
@@ -59,6 +62,13 @@ func TestLoadConfigDefaults(t *testing.T) {
 	}
 	if c.ParticipantNames["12345678"] != "Banco A" {
 		t.Errorf("names = %v", c.ParticipantNames)
+	}
+	if c.OutboxLinger != eventbus.DefaultOutboxLinger {
+		t.Errorf("outbox linger = %s, want %s", c.OutboxLinger, eventbus.DefaultOutboxLinger)
+	}
+	t.Setenv("OUTBOX_LINGER", "0")
+	if c, err = loadConfig(); err != nil || c.OutboxLinger != 0 {
+		t.Errorf("OUTBOX_LINGER=0: linger %s, err %v; want 0 (no linger)", c.OutboxLinger, err)
 	}
 }
 

@@ -202,3 +202,39 @@ func TestRelayPurgesPublishedRows(t *testing.T) {
 		t.Errorf("%d remaining rows without a recent publication time", noTimeLeft)
 	}
 }
+
+// TestRelayLingerGathersTrickle: rows committed one at a time, 20 ms apart, on one key (one lane). With a
+// linger of 300 ms the lane sends the first row at once, then waits after each small round, so the 30
+// rows go out in a handful of rounds rather than one round each (a round takes a few milliseconds), in
+// key order, each once.
+func TestRelayLingerGathersTrickle(t *testing.T) {
+	t.Parallel()
+	db := relayDB(t)
+	client := newPulsarClient(t)
+	topic := relayTopic(t)
+	c := subscribe(t, client, topic)
+	reg := prometheus.NewRegistry()
+	startRelay(t, db.Pool, client, eventbus.WithRelayRegistry(reg), eventbus.WithRelayLinger(300*time.Millisecond))
+	const key, rows = "linger-key", 30
+	for n := range rows {
+		tx, err := db.Pool.Begin(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		insertEvent(t, tx, topic, key, n)
+		if err := tx.Commit(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	c.check(t, map[string]int{key: rows}, 30*time.Second)
+	waitDrained(t, db.Pool, 10*time.Second)
+	rounds := metricValue(t, reg, "outbox_rounds_total")
+	if published := metricValue(t, reg, "outbox_published_total"); published != rows {
+		t.Errorf("outbox_published_total = %v, want %d", published, rows)
+	}
+	// 600 ms of commits: the first round at once, then one per linger at most, give or take a slow round.
+	if rounds < 1 || rounds > 10 {
+		t.Errorf("%d rows went out in %v rounds; with a 300 ms linger, want at most 10", rows, rounds)
+	}
+}
