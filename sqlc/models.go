@@ -131,6 +131,7 @@ type OutboxLane struct {
 	DoneSeq    int64
 	RoundSeq   int64
 	RoundRows  int32
+	LastSeq    int64
 }
 
 type OutboxLaneMark struct {

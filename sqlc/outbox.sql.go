@@ -168,7 +168,7 @@ func (q *Queries) OutboxIdentity(ctx context.Context) (uuid.UUID, error) {
 
 const outboxRound = `-- name: OutboxRound :many
 WITH lease AS (
-    SELECT l.batch_no, l.prev_snap, l.cur_snap, l.done_seq, l.round_seq, l.round_rows, l.next_seq
+    SELECT l.batch_no, l.prev_snap, l.cur_snap, l.done_seq, l.round_seq, l.round_rows, l.next_seq, l.last_seq
     FROM outbox_lanes l
     WHERE l.lane = $1 AND l.owner = $2::text AND l.lease_until > now()
     FOR UPDATE
@@ -177,7 +177,7 @@ WITH lease AS (
     WHERE lease.round_rows > 0 AND lease.batch_no = $3::bigint AND lease.round_seq = $4::bigint
 ), s AS (
     -- The lane once the caller's round is marked.
-    SELECT lease.batch_no, lease.prev_snap, lease.cur_snap,
+    SELECT lease.batch_no, lease.prev_snap, lease.cur_snap, lease.last_seq,
            CASE WHEN m.round_rows IS NULL THEN lease.done_seq ELSE lease.round_seq END AS done_seq,
            lease.next_seq + coalesce(m.round_rows, 0) AS next_seq,
            m.round_rows IS NULL AND lease.round_rows > 0 AS resent,
@@ -187,17 +187,22 @@ WITH lease AS (
                 ELSE $5::int END AS max_rows
     FROM lease LEFT JOIN marked m ON true
 ), cur AS (
-    -- The round from the lane's batch: the one in flight, or the next rows. The
-    -- lane's values are scalar subqueries (computed once, before the scan), so
-    -- that they bound the scan of outbox_pending whatever the planner knows of
-    -- the table: the index holds every row not yet purged.
+    -- The round from the lane's batch: the one in flight, or the next rows,
+    -- walked in seq order through outbox_batch_walk from the last row sent to
+    -- the batch's last row, so that a round reads about the rows it returns
+    -- (and the rows of later batches in between). "o.seq > 0" (always true)
+    -- is the index's predicate: no other statement can use the index, since
+    -- walking a lane by seq from its start reads every row kept for the
+    -- retention (a planner without statistics chose just that for fresh,
+    -- when it could). The lane's values are
+    -- scalar subqueries (computed once, before the scan), so that they bound
+    -- the index scan whatever the planner knows of the table: the index holds
+    -- every row not yet purged.
     SELECT o.id, o.topic, o.seq, o.partition_key, o.event_type, o.aggregate_type, o.aggregate_id, o.participant,
            o.content_type, o.payload, o.created_at, o.traceparent
     FROM outbox o
-    WHERE o.lane = $1 AND o.published_at IS NULL
-      AND o.txid >= (SELECT pg_snapshot_xmin(s.prev_snap) FROM s)
-      AND o.txid < (SELECT pg_snapshot_xmax(s.cur_snap) FROM s)
-      AND o.seq > (SELECT s.done_seq FROM s) AND o.seq <= (SELECT s.upto FROM s)
+    WHERE o.lane = $1 AND o.published_at IS NULL AND o.seq > 0
+      AND o.seq > (SELECT s.done_seq FROM s) AND o.seq <= (SELECT least(s.upto, s.last_seq) FROM s)
       AND pg_visible_in_snapshot(o.txid, (SELECT s.cur_snap FROM s))
       AND NOT pg_visible_in_snapshot(o.txid, (SELECT s.prev_snap FROM s))
     ORDER BY o.seq
@@ -219,6 +224,17 @@ WITH lease AS (
       AND NOT pg_visible_in_snapshot(o.txid, (SELECT s.cur_snap FROM s))
     ORDER BY o.seq
     LIMIT $5::int
+), fresh_bounds AS (
+    -- The new batch's first seq (fresh holds its first rows) and last seq,
+    -- between which its later rounds walk. Like fresh, it reads the batch
+    -- once, by transaction (outbox_pending).
+    SELECT (SELECT min(f.seq) FROM fresh f) AS lo,
+           (SELECT max(o.seq) FROM outbox o
+            WHERE o.lane = $1 AND o.published_at IS NULL
+              AND o.txid >= (SELECT pg_snapshot_xmin(s.cur_snap) FROM s)
+              AND o.txid < (SELECT pg_snapshot_xmax(nb.snap) FROM nb)
+              AND pg_visible_in_snapshot(o.txid, (SELECT nb.snap FROM nb))
+              AND NOT pg_visible_in_snapshot(o.txid, (SELECT s.cur_snap FROM s))) AS hi
 ), todo AS (
     SELECT t.id, t.topic, t.seq, t.partition_key, t.event_type, t.aggregate_type, t.aggregate_id, t.participant, t.content_type, t.payload, t.created_at, t.traceparent,
            row_number() OVER (ORDER BY t.seq) AS rn,
@@ -235,14 +251,15 @@ WITH lease AS (
     SELECT CASE WHEN nb.snap IS NULL THEN s.batch_no ELSE s.batch_no + 1 END AS batch_no,
            CASE WHEN nb.snap IS NULL THEN s.prev_snap ELSE s.cur_snap END AS prev_snap,
            coalesce(nb.snap, s.cur_snap) AS cur_snap,
-           CASE WHEN nb.snap IS NULL THEN s.done_seq ELSE 0 END AS done_seq,
+           CASE WHEN nb.snap IS NULL THEN s.done_seq ELSE coalesce(fb.lo - 1, 0) END AS done_seq,
+           CASE WHEN nb.snap IS NULL THEN s.last_seq ELSE coalesce(fb.hi, 0) END AS last_seq,
            s.next_seq, round.n, round.last
-    FROM s CROSS JOIN round LEFT JOIN nb ON true
+    FROM s CROSS JOIN round LEFT JOIN nb ON true LEFT JOIN fresh_bounds fb ON nb.snap IS NOT NULL
     WHERE round.n > 0 OR EXISTS (SELECT 1 FROM marked)
 ), advanced AS (
     UPDATE outbox_lanes l
     SET batch_no = n.batch_no, prev_snap = n.prev_snap, cur_snap = n.cur_snap, done_seq = n.done_seq,
-        next_seq = n.next_seq, round_seq = coalesce(n.last, 0), round_rows = n.n
+        last_seq = n.last_seq, next_seq = n.next_seq, round_seq = coalesce(n.last, 0), round_rows = n.n
     FROM newlane n
     WHERE l.lane = $1
 ), logged AS (
@@ -297,8 +314,9 @@ type OutboxRoundRow struct {
 	Traceparent   pgtype.Text
 }
 
-// One statement per relay round (schema/00012_outbox_insert_only.sql),
-// under the caller's live lease (the lane row locked), writing no outbox row.
+// One statement per relay round (schema/00012_outbox_insert_only.sql,
+// 00013_outbox_batch_walk.sql), under the caller's live lease (the lane row
+// locked), writing no outbox row.
 //
 // First it marks the caller's acknowledged round: when @mark_batch and
 // @mark_seq name the lane's round in flight, done_seq and next_seq move past
@@ -308,7 +326,8 @@ type OutboxRoundRow struct {
 // a new round of up to @max_rows rows of the lane's batch after done_seq,
 // in seq order, or, when the batch has none left, of a new batch (the rows
 // committed since the batch's snapshot: cur_snap becomes prev_snap and the
-// statement's snapshot cur_snap). A new round is recorded in the lane
+// statement's snapshot cur_snap; done_seq and last_seq bound its rows' seqs,
+// which later rounds walk in outbox_batch_walk). A new round is recorded in the lane
 // before it is returned. Each row gets its Pulsar sequence id (lane_seq:
 // next_seq + its position in the round) and its batch's (lane_batch: per
 // topic, runs of at most @max_batch rows, the sequence id of a run's first
