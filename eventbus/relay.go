@@ -119,7 +119,7 @@ func WithRelayRegistry(reg prometheus.Registerer) RelayOption {
 
 // DefaultOutboxLinger is how long a lane waits, by default, after a round that was not full before it
 // takes the next one (OUTBOX_LINGER).
-const DefaultOutboxLinger = 10 * time.Millisecond
+const DefaultOutboxLinger = 25 * time.Millisecond
 
 // WithRelayLinger sets how long a lane waits after publishing a round smaller than the batch size
 // before it takes the next round (default [DefaultOutboxLinger]; 0: not at all). The round statement

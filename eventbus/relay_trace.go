@@ -58,27 +58,34 @@ func (r *Relay) tracePublish(ctx context.Context, traceparent, topic, eventID st
 func relayPublishSpan(ctx context.Context, tracer trace.Tracer, traceparent, topic, eventID string) (context.Context, trace.Span) {
 	// The relay's own context carries no trace of interest: the row's is the parent, or none.
 	ctx = trace.ContextWithSpanContext(ctx, trace.SpanContext{})
-	opts := []trace.SpanStartOption{
-		trace.WithSpanKind(trace.SpanKindProducer),
-		trace.WithAttributes(
-			attribute.String("messaging.system", "pulsar"),
-			attribute.String("messaging.operation.type", "send"),
-			attribute.String("messaging.operation.name", "send"),
-			attribute.String("messaging.destination.name", topic),
-			attribute.String("messaging.message.event_id", eventID),
-		),
-	}
+	opts := []trace.SpanStartOption{trace.WithSpanKind(trace.SpanKindProducer)}
 	if traceparent != "" {
 		ctx = ExtractTrace(ctx, relayPropagator, map[string]string{"traceparent": traceparent})
 	}
 	if !trace.SpanContextFromContext(ctx).IsValid() {
 		opts = append(opts, trace.WithNewRoot())
 	}
-	return tracer.Start(ctx, "outbox publish "+topic, opts...)
+	ctx, span := tracer.Start(ctx, "outbox publish "+topic, opts...)
+	// Attributes only for a span that records: a row's span that is not sampled (or a no-op tracer) costs
+	// the relay nothing more per event.
+	if span.IsRecording() {
+		span.SetAttributes(
+			attribute.String("messaging.system", "pulsar"),
+			attribute.String("messaging.operation.type", "send"),
+			attribute.String("messaging.operation.name", "send"),
+			attribute.String("messaging.destination.name", topic),
+			attribute.String("messaging.message.event_id", eventID),
+		)
+	}
+	return ctx, span
 }
 
 // endPublishSpan ends a publish span with the broker's answer: the message id, or the error.
 func endPublishSpan(span trace.Span, id pulsar.MessageID, err error) {
+	if !span.IsRecording() {
+		span.End()
+		return
+	}
 	switch {
 	case err != nil:
 		span.RecordError(err)
