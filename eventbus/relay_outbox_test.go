@@ -46,10 +46,7 @@ func beginWithXid(t testing.TB, pool *pgxpool.Pool) (pgx.Tx, int64) {
 // published: its event must come after that one, not before it, and not be lost behind it.
 func TestRelayKeyOrderFollowsCommits(t *testing.T) {
 	t.Parallel()
-	db := relayDB(t)
-	client := newPulsarClient(t)
-	topic := relayTopic(t)
-	c := subscribe(t, client, topic)
+	db, client, topic, c := relayWorld(t)
 	const key = "order-key"
 	const rounds = 5
 	n := 0
@@ -103,10 +100,7 @@ func TestRelayKeyOrderFollowsCommits(t *testing.T) {
 func TestRelayPurgesPublishedRows(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	db := relayDB(t)
-	client := newPulsarClient(t)
-	topic := relayTopic(t)
-	c := subscribe(t, client, topic)
+	db, client, topic, c := relayWorld(t)
 	keys := testKeys("p", 20)
 	want := insertEvents(t, db.Pool, topic, keys, 500, nil) // n 0..24 per key
 	// Two rows from before the insert-only outbox, published 2 h and 1 min ago: never sent again.
@@ -209,10 +203,7 @@ func TestRelayPurgesPublishedRows(t *testing.T) {
 // key order, each once.
 func TestRelayLingerGathersTrickle(t *testing.T) {
 	t.Parallel()
-	db := relayDB(t)
-	client := newPulsarClient(t)
-	topic := relayTopic(t)
-	c := subscribe(t, client, topic)
+	db, client, topic, c := relayWorld(t)
 	reg := prometheus.NewRegistry()
 	startRelay(t, db.Pool, client, eventbus.WithRelayRegistry(reg), eventbus.WithRelayLinger(300*time.Millisecond))
 	const key, rows = "linger-key", 30

@@ -225,16 +225,23 @@ func waitDrained(t testing.TB, pool *pgxpool.Pool, timeout time.Duration) {
 	}
 }
 
+// relayWorld is a relay test's fresh database, client of the shared broker, topic, and consumer of the
+// topic (subscribed before anything is published).
+func relayWorld(t *testing.T) (*testdb.DB, pulsar.Client, string, *collector) {
+	t.Helper()
+	db := relayDB(t)
+	client := newPulsarClient(t)
+	topic := relayTopic(t)
+	return db, client, topic, subscribe(t, client, topic)
+}
+
 func relayTopic(t testing.TB) string {
 	return "persistent://" + eventsNamespace + "/relay-test-" + nonce(t.(*testing.T))
 }
 
 func TestRelayPublishesEachEventOnceInKeyOrder(t *testing.T) {
 	t.Parallel()
-	db := relayDB(t)
-	client := newPulsarClient(t)
-	topic := relayTopic(t)
-	c := subscribe(t, client, topic)
+	db, client, topic, c := relayWorld(t)
 	keys := testKeys("a", 50)
 
 	// Half before the relay starts, half while it runs (woken by notifications).
@@ -252,10 +259,7 @@ func TestRelayPublishesEachEventOnceInKeyOrder(t *testing.T) {
 
 func TestRelayTwoInstancesPublishEachEventOnce(t *testing.T) {
 	t.Parallel()
-	db := relayDB(t)
-	client := newPulsarClient(t)
-	topic := relayTopic(t)
-	c := subscribe(t, client, topic)
+	db, client, topic, c := relayWorld(t)
 	keys := testKeys("b", 40)
 
 	want := insertEvents(t, db.Pool, topic, keys, 1000, nil)
@@ -300,10 +304,7 @@ func relayChild() {
 
 func TestRelayKilledMidBatch(t *testing.T) {
 	t.Parallel()
-	db := relayDB(t)
-	client := newPulsarClient(t)
-	topic := relayTopic(t)
-	c := subscribe(t, client, topic)
+	db, client, topic, c := relayWorld(t)
 	keys := testKeys("c", 50)
 	want := insertEvents(t, db.Pool, topic, keys, 3000, nil)
 

@@ -66,17 +66,7 @@ func relayPublishSpan(ctx context.Context, tracer trace.Tracer, traceparent, top
 		opts = append(opts, trace.WithNewRoot())
 	}
 	ctx, span := tracer.Start(ctx, "outbox publish "+topic, opts...)
-	// Attributes only for a span that records: a row's span that is not sampled (or a no-op tracer) costs
-	// the relay nothing more per event.
-	if span.IsRecording() {
-		span.SetAttributes(
-			attribute.String("messaging.system", "pulsar"),
-			attribute.String("messaging.operation.type", "send"),
-			attribute.String("messaging.operation.name", "send"),
-			attribute.String("messaging.destination.name", topic),
-			attribute.String("messaging.message.event_id", eventID),
-		)
-	}
+	setSendAttributes(span, topic, eventID)
 	return ctx, span
 }
 

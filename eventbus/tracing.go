@@ -43,17 +43,24 @@ func cloneProps(props map[string]string, extra int) map[string]string {
 // PIX key).
 func (c *Client) startPublish(ctx context.Context, topic string, m Message) (context.Context, trace.Span) {
 	ctx, span := c.tracer.Start(ctx, baseTopic(topic)+" publish", trace.WithSpanKind(trace.SpanKindProducer))
-	if span.IsRecording() {
-		span.SetAttributes(
-			attribute.String("messaging.system", "pulsar"),
-			attribute.String("messaging.operation.type", "send"),
-			attribute.String("messaging.operation.name", "send"),
-			attribute.String("messaging.destination.name", topic),
-			attribute.String("messaging.message.event_id", m.EventID),
-			attribute.String("messaging.message.event_type", m.EventType),
-		)
-	}
+	setSendAttributes(span, topic, m.EventID, attribute.String("messaging.message.event_type", m.EventType))
 	return ctx, span
+}
+
+// setSendAttributes gives a producer span that records its messaging attributes (a span that does not
+// record, unsampled or no-op, costs nothing more).
+func setSendAttributes(span trace.Span, topic, eventID string, extra ...attribute.KeyValue) {
+	if !span.IsRecording() {
+		return
+	}
+	span.SetAttributes(
+		attribute.String("messaging.system", "pulsar"),
+		attribute.String("messaging.operation.type", "send"),
+		attribute.String("messaging.operation.name", "send"),
+		attribute.String("messaging.destination.name", topic),
+		attribute.String("messaging.message.event_id", eventID),
+	)
+	span.SetAttributes(extra...)
 }
 
 // startProcess starts the consumer span "<topic> process" of a received message, a child of the trace
