@@ -194,10 +194,9 @@ WITH lease AS (
     -- is the index's predicate: no other statement can use the index, since
     -- walking a lane by seq from its start reads every row kept for the
     -- retention (a planner without statistics chose just that for fresh,
-    -- when it could). The lane's values are
-    -- scalar subqueries (computed once, before the scan), so that they bound
-    -- the index scan whatever the planner knows of the table: the index holds
-    -- every row not yet purged.
+    -- when it could). The lane's values are scalar subqueries (computed
+    -- once, before the scan), so that they bound the index scan whatever the
+    -- planner knows of the table: the index holds every row not yet purged.
     SELECT o.id, o.topic, o.seq, o.partition_key, o.event_type, o.aggregate_type, o.aggregate_id, o.participant,
            o.content_type, o.payload, o.created_at, o.traceparent
     FROM outbox o
