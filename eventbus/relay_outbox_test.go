@@ -229,3 +229,32 @@ func TestRelayLingerGathersTrickle(t *testing.T) {
 		t.Errorf("%d rows went out in %v rounds; with a 300 ms linger, want at most 10", rows, rounds)
 	}
 }
+
+// TestRelayFinishesBatchOfPreviousVersion: during a rolling deploy a relay of the previous version (before
+// schema/00013) may start a lane's batch: it moves the lane's snapshots and sets done_seq to 0, and knows
+// nothing of last_seq, which still bounds the batch before. This relay must then send the whole batch,
+// not stop at that old bound and count the rest as published.
+func TestRelayFinishesBatchOfPreviousVersion(t *testing.T) {
+	t.Parallel()
+	db, client, topic, c := relayWorld(t)
+	keys := []string{"mixed-version-key"}
+	stop := startRelay(t, db.Pool, client)
+	want := insertEvents(t, db.Pool, topic, keys, 50, nil)
+	waitDrained(t, db.Pool, 30*time.Second)
+	stop()
+
+	// More rows, then the previous version's start of a batch with them (it died before sending any).
+	want = insertEvents(t, db.Pool, topic, keys, 50, want)
+	ctx := context.Background()
+	var lane int16
+	if err := db.Pool.QueryRow(ctx, "SELECT lane FROM outbox WHERE partition_key = $1 LIMIT 1", keys[0]).Scan(&lane); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Pool.Exec(ctx, `UPDATE outbox_lanes SET batch_no = batch_no + 1, prev_snap = cur_snap,
+		cur_snap = pg_current_snapshot(), done_seq = 0, round_seq = 0, round_rows = 0 WHERE lane = $1`, lane); err != nil {
+		t.Fatal(err)
+	}
+	startRelay(t, db.Pool, client)
+	c.check(t, want, 30*time.Second)
+	waitDrained(t, db.Pool, 10*time.Second)
+}

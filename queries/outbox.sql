@@ -31,8 +31,8 @@ WHERE owner = @owner::text;
 
 -- name: OutboxRound :many
 -- One statement per relay round (schema/00012_outbox_insert_only.sql,
--- 00013_outbox_batch_walk.sql), under the caller's live lease (the lane row
--- locked), writing no outbox row.
+-- 00013_outbox_batch_walk.sql, 00014_outbox_batch_bounds.sql), under the
+-- caller's live lease (the lane row locked), writing no outbox row.
 --
 -- First it marks the caller's acknowledged round: when @mark_batch and
 -- @mark_seq name the lane's round in flight, done_seq and next_seq move past
@@ -55,7 +55,8 @@ WHERE owner = @owner::text;
 -- the caller passes back as @mark_batch and @mark_seq once every row of the
 -- round is acknowledged; a row with lane_seq 0 carries only these.
 WITH lease AS (
-    SELECT l.batch_no, l.prev_snap, l.cur_snap, l.done_seq, l.round_seq, l.round_rows, l.next_seq, l.last_seq
+    SELECT l.batch_no, l.prev_snap, l.cur_snap, l.done_seq, l.round_seq, l.round_rows, l.next_seq, l.last_seq,
+           l.bounds_batch
     FROM outbox_lanes l
     WHERE l.lane = @lane AND l.owner = @owner::text AND l.lease_until > now()
     FOR UPDATE
@@ -64,7 +65,10 @@ WITH lease AS (
     WHERE lease.round_rows > 0 AND lease.batch_no = @mark_batch::bigint AND lease.round_seq = @mark_seq::bigint
 ), s AS (
     -- The lane once the caller's round is marked.
-    SELECT lease.batch_no, lease.prev_snap, lease.cur_snap, lease.last_seq,
+    -- last_seq bounds the batch's walk only when this version of the relay
+    -- started the batch (bounds_batch); else the walk has no upper bound.
+    SELECT lease.batch_no, lease.prev_snap, lease.cur_snap, lease.bounds_batch,
+           CASE WHEN lease.bounds_batch = lease.batch_no THEN lease.last_seq ELSE 9223372036854775807 END AS last_seq,
            CASE WHEN m.round_rows IS NULL THEN lease.done_seq ELSE lease.round_seq END AS done_seq,
            lease.next_seq + coalesce(m.round_rows, 0) AS next_seq,
            m.round_rows IS NULL AND lease.round_rows > 0 AS resent,
@@ -139,13 +143,14 @@ WITH lease AS (
            coalesce(nb.snap, s.cur_snap) AS cur_snap,
            CASE WHEN nb.snap IS NULL THEN s.done_seq ELSE coalesce(fb.lo - 1, 0) END AS done_seq,
            CASE WHEN nb.snap IS NULL THEN s.last_seq ELSE coalesce(fb.hi, 0) END AS last_seq,
+           CASE WHEN nb.snap IS NULL THEN s.bounds_batch ELSE s.batch_no + 1 END AS bounds_batch,
            s.next_seq, round.n, round.last
     FROM s CROSS JOIN round LEFT JOIN nb ON true LEFT JOIN fresh_bounds fb ON nb.snap IS NOT NULL
     WHERE round.n > 0 OR EXISTS (SELECT 1 FROM marked)
 ), advanced AS (
     UPDATE outbox_lanes l
     SET batch_no = n.batch_no, prev_snap = n.prev_snap, cur_snap = n.cur_snap, done_seq = n.done_seq,
-        last_seq = n.last_seq, next_seq = n.next_seq, round_seq = coalesce(n.last, 0), round_rows = n.n
+        last_seq = n.last_seq, bounds_batch = n.bounds_batch, next_seq = n.next_seq, round_seq = coalesce(n.last, 0), round_rows = n.n
     FROM newlane n
     WHERE l.lane = @lane
 ), logged AS (

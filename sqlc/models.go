@@ -121,17 +121,18 @@ type OutboxIdentity struct {
 }
 
 type OutboxLane struct {
-	Lane       int16
-	Owner      string
-	LeaseUntil time.Time
-	NextSeq    int64
-	BatchNo    int64
-	PrevSnap   interface{}
-	CurSnap    interface{}
-	DoneSeq    int64
-	RoundSeq   int64
-	RoundRows  int32
-	LastSeq    int64
+	Lane        int16
+	Owner       string
+	LeaseUntil  time.Time
+	NextSeq     int64
+	BatchNo     int64
+	PrevSnap    interface{}
+	CurSnap     interface{}
+	DoneSeq     int64
+	RoundSeq    int64
+	RoundRows   int32
+	LastSeq     int64
+	BoundsBatch int64
 }
 
 type OutboxLaneMark struct {
