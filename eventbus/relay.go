@@ -385,8 +385,38 @@ func (r *Relay) runLane(ctx context.Context, lane int16, wake <-chan struct{}) {
 	}
 }
 
-// outboxRow is one row of a round, with its Pulsar sequence id (LaneSeq) and its batch's (LaneBatch).
-type outboxRow = sqlc.OutboxRoundRow
+// outboxRow is one row of a round, with its Pulsar sequence id (LaneSeq) and its batch's (LaneBatch),
+// given by numberRound.
+type outboxRow struct {
+	sqlc.OutboxRoundRow
+	LaneSeq, LaneBatch int64
+}
+
+// numberRound gives each row of a round (in seq order) its Pulsar sequence id, next + its position in
+// the round, and its batch's: per topic, runs of at most maxBatch rows, each named by the sequence id of
+// its first row. A round sent again (the same rows from the same next) is numbered and cut alike, which
+// the broker's deduplication relies on.
+func numberRound(rows []outboxRow, next int64, maxBatch int) {
+	type run struct {
+		n     int
+		first int64
+	}
+	runs := map[string]*run{}
+	for i := range rows {
+		r := &rows[i]
+		r.LaneSeq = next + int64(i)
+		t := runs[r.Topic]
+		if t == nil {
+			t = &run{}
+			runs[r.Topic] = t
+		}
+		if t.n%maxBatch == 0 {
+			t.first = r.LaneSeq
+		}
+		t.n++
+		r.LaneBatch = t.first
+	}
+}
 
 // laneState is one lane's worker: its producers, one per topic, and what it knows of the lane's rows.
 type laneState struct {
@@ -406,7 +436,7 @@ type roundID struct{ batch, seq int64 }
 func (id roundID) empty() bool { return id.seq == 0 }
 
 // A batch is one Pulsar entry: at most maxBatchMessages rows of one topic, cut when the round is taken
-// (OutboxRound). Outbox payloads are at most 32 KiB (a CHECK in the schema), so a full batch stays well
+// (numberRound). Outbox payloads are at most 32 KiB (a CHECK in the schema), so a full batch stays well
 // under the producer's BatchingMaxSize and the client never splits one.
 const (
 	maxBatchMessages   = 100
@@ -447,8 +477,7 @@ func (l *laneState) drain(ctx context.Context) error {
 func (l *laneState) round(ctx context.Context, maxRows int) ([]outboxRow, roundID, error) {
 	r := l.relay
 	res, err := r.q.OutboxRound(ctx, sqlc.OutboxRoundParams{
-		Lane: l.lane, Owner: r.owner, MarkBatch: l.mark.batch, MarkSeq: l.mark.seq,
-		MaxBatch: maxBatchMessages, MaxRows: int32(maxRows),
+		Lane: l.lane, Owner: r.owner, MarkBatch: l.mark.batch, MarkSeq: l.mark.seq, MaxRows: int32(maxRows),
 	})
 	if err != nil {
 		return nil, roundID{}, fmt.Errorf("outbox lane %d round: %w", l.lane, err)
@@ -462,13 +491,14 @@ func (l *laneState) round(ctx context.Context, maxRows int) ([]outboxRow, roundI
 		r.published.Add(float64(res[0].Marked))
 		l.mark = roundID{}
 	}
-	rows := res[:0:0]
+	rows := make([]outboxRow, 0, len(res))
 	for _, row := range res {
-		if row.LaneSeq != 0 { // else the row of the counts alone: nothing to send
-			rows = append(rows, row)
+		if row.Seq != 0 { // else the row of the counts alone: nothing to send
+			rows = append(rows, outboxRow{OutboxRoundRow: row})
 		}
 	}
-	slices.SortFunc(rows, func(a, b outboxRow) int { return cmp.Compare(a.LaneSeq, b.LaneSeq) })
+	slices.SortFunc(rows, func(a, b outboxRow) int { return cmp.Compare(a.Seq, b.Seq) })
+	numberRound(rows, res[0].NextSeq, maxBatchMessages)
 	return rows, roundID{batch: res[0].BatchNo, seq: res[0].RoundSeq}, nil
 }
 

@@ -44,16 +44,16 @@ WHERE owner = @owner::text;
 -- committed since the batch's snapshot: cur_snap becomes prev_snap and the
 -- statement's snapshot cur_snap; done_seq and last_seq bound its rows' seqs,
 -- which later rounds walk in outbox_batch_walk). A new round is recorded in the lane
--- before it is returned. Each row gets its Pulsar sequence id (lane_seq:
--- next_seq + its position in the round) and its batch's (lane_batch: per
--- topic, runs of at most @max_batch rows, the sequence id of a run's first
--- row).
+-- before it is returned, with next_seq, from which the relay numbers it:
+-- each row's Pulsar sequence id is next_seq + its position in the round (in
+-- seq order), and its batch's, per topic, the sequence id of the first row of
+-- its run of at most 100 rows (eventbus numberRound).
 --
 -- It always returns at least one row, each with leased (false: the lease is
 -- gone, nothing was done), marked (how many rows it marked), resent (the
 -- round was already in flight) and the round's batch_no and round_seq, which
 -- the caller passes back as @mark_batch and @mark_seq once every row of the
--- round is acknowledged; a row with lane_seq 0 carries only these.
+-- round is acknowledged; a row with seq 0 carries only these.
 WITH lease AS (
     SELECT l.batch_no, l.prev_snap, l.cur_snap, l.done_seq, l.round_seq, l.round_rows, l.next_seq, l.last_seq,
            l.bounds_batch
@@ -126,14 +126,7 @@ WITH lease AS (
               AND pg_visible_in_snapshot(o.txid, (SELECT nb.snap FROM nb))
               AND NOT pg_visible_in_snapshot(o.txid, (SELECT s.cur_snap FROM s))) AS hi
 ), todo AS (
-    SELECT t.*,
-           row_number() OVER (ORDER BY t.seq) AS rn,
-           (row_number() OVER (PARTITION BY t.topic ORDER BY t.seq) - 1) / @max_batch::int AS bn
-    FROM (SELECT * FROM cur UNION ALL SELECT * FROM fresh) t
-), numbered AS (
-    SELECT todo.*, s.next_seq + todo.rn - 1 AS lane_seq,
-           s.next_seq + min(todo.rn) OVER (PARTITION BY todo.topic, todo.bn) - 1 AS lane_batch
-    FROM todo, s
+    SELECT * FROM cur UNION ALL SELECT * FROM fresh
 ), round AS (
     SELECT count(*)::int AS n, max(todo.seq) AS last FROM todo
 ), newlane AS (
@@ -158,21 +151,22 @@ WITH lease AS (
     SELECT @lane, m.batch_no, m.round_seq, pg_snapshot_xmax(m.cur_snap), m.prev_snap, m.cur_snap, now()
     FROM marked m
 )
-SELECT c.leased, c.marked, c.resent, c.batch_no, c.round_seq,
+SELECT c.leased, c.marked, c.resent, c.batch_no, c.round_seq, c.next_seq,
        coalesce(o.id, '00000000-0000-0000-0000-000000000000')::uuid AS id,
        coalesce(o.topic, '')::text AS topic, coalesce(o.partition_key, '')::text AS partition_key,
        coalesce(o.event_type, '')::text AS event_type, coalesce(o.aggregate_type, '')::text AS aggregate_type,
        coalesce(o.aggregate_id, '')::text AS aggregate_id, coalesce(o.participant, '')::text AS participant,
        coalesce(o.content_type, '')::text AS content_type, coalesce(o.payload, '')::bytea AS payload,
-       coalesce(o.created_at, 'epoch')::timestamptz AS created_at, coalesce(o.lane_seq, 0)::bigint AS lane_seq,
-       coalesce(o.lane_batch, 0)::bigint AS lane_batch, o.traceparent
+       coalesce(o.created_at, 'epoch')::timestamptz AS created_at, coalesce(o.seq, 0)::bigint AS seq,
+       o.traceparent
 FROM (SELECT EXISTS (SELECT 1 FROM lease) AS leased,
              coalesce((SELECT m.round_rows FROM marked m), 0)::bigint AS marked,
              coalesce((SELECT s.resent FROM s), false)::boolean AS resent,
              coalesce((SELECT CASE WHEN nb.snap IS NULL THEN s.batch_no ELSE s.batch_no + 1 END
                        FROM s LEFT JOIN nb ON true), 0)::bigint AS batch_no,
-             coalesce((SELECT round.last FROM round), 0)::bigint AS round_seq) c
-LEFT JOIN numbered o ON true;
+             coalesce((SELECT round.last FROM round), 0)::bigint AS round_seq,
+             coalesce((SELECT s.next_seq FROM s), 0)::bigint AS next_seq) c
+LEFT JOIN todo o ON true;
 
 -- name: RecordOutboxFailure :exec
 UPDATE outbox SET attempts = attempts + 1, last_error = @last_error::text
