@@ -634,9 +634,10 @@ func (l *laneState) sendBatches(ctx context.Context, p pulsar.Producer, rows []o
 		for end < len(idx) && rows[idx[end]].LaneBatch == rows[idx[start]].LaneBatch {
 			end++
 		}
-		size := end - start
+		// first, not start: the callbacks below run after start has moved on to the next batch.
+		first, size := start, end-start
 		pipelined := size == maxBatchMessages && end < len(idx)
-		for k := start; k < end; k++ {
+		for k := first; k < end; k++ {
 			i := idx[k]
 			msg, span := l.message(ctx, rows[i])
 			if k == end-1 && !pipelined {
@@ -654,7 +655,7 @@ func (l *laneState) sendBatches(ctx context.Context, p pulsar.Producer, rows []o
 					}
 					return acked(end)
 				}
-				l.checkBatch(id, nil, k-start, size, rows[i].LaneBatch)
+				l.checkBatch(id, nil, k-first, size, rows[i].LaneBatch)
 				continue
 			}
 			wg.Add(1)
@@ -663,7 +664,7 @@ func (l *laneState) sendBatches(ctx context.Context, p pulsar.Producer, rows []o
 				mu.Lock()
 				results[k] = result{done: true, err: err}
 				mu.Unlock()
-				l.checkBatch(id, err, k-start, size, rows[i].LaneBatch)
+				l.checkBatch(id, err, k-first, size, rows[i].LaneBatch)
 				wg.Done()
 			})
 		}

@@ -255,6 +255,10 @@ func TestRelayPublishesEachEventOnceInKeyOrder(t *testing.T) {
 	if published := metricValue(t, reg, "outbox_published_total"); published != 2000 {
 		t.Errorf("outbox_published_total = %v, want 2000", published)
 	}
+	// Every message in the Pulsar batch the relay cut for it, at its place.
+	if splits := metricValue(t, reg, "outbox_batch_splits_total"); splits != 0 {
+		t.Errorf("outbox_batch_splits_total = %v, want 0", splits)
+	}
 }
 
 func TestRelayTwoInstancesPublishEachEventOnce(t *testing.T) {
