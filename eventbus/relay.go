@@ -61,7 +61,7 @@ type Relay struct {
 	// retention: how long published rows are kept; purgeEvery: how often a lane's are purged.
 	retention  time.Duration
 	purgeEvery time.Duration
-	// linger: how long a lane waits after a round that was not full before it takes the next one.
+	// linger: how long after the start of a round that was not full a lane takes the next one.
 	linger time.Duration
 
 	backlog     prometheus.Gauge
@@ -117,17 +117,17 @@ func WithRelayRegistry(reg prometheus.Registerer) RelayOption {
 	})
 }
 
-// DefaultOutboxLinger is how long a lane waits, by default, after a round that was not full before it
-// takes the next one (OUTBOX_LINGER).
+// DefaultOutboxLinger is how long, by default, after the start of a round that was not full a lane takes
+// the next one (OUTBOX_LINGER).
 const DefaultOutboxLinger = 25 * time.Millisecond
 
-// WithRelayLinger sets how long a lane waits after publishing a round smaller than the batch size
-// before it takes the next round (default [DefaultOutboxLinger]; 0: not at all). The round statement
+// WithRelayLinger sets how long a lane waits, counted from the start of a round smaller than the batch
+// size, before it takes the next round (default [DefaultOutboxLinger]; 0: not at all). The round statement
 // costs PostgreSQL about as much for one row as for a hundred. When rows trickle in one or two at a
 // time, waiting a little lets the next round gather the rows committed meanwhile, so the database runs
 // fewer statements. A row committed while the lane is idle is never delayed by it: the lane takes its
-// round as soon as it is woken, and waits only after a round it has sent. A full round (a backlog) is
-// followed by the next one at once.
+// round as soon as it is woken, and waits only after a round it has sent. A full round (a backlog), or
+// one that took the linger or longer, is followed by the next one at once.
 func WithRelayLinger(d time.Duration) RelayOption {
 	return relayOptionFunc(func(r *Relay) { r.linger = max(d, 0) })
 }
@@ -351,6 +351,11 @@ var errLeaseLost = errors.New("outbox lane lease lost")
 // runLane publishes one lane until ctx is done: drain, then wait for a wake-up or the poll interval.
 func (r *Relay) runLane(ctx context.Context, lane int16, wake <-chan struct{}) {
 	l := &laneState{relay: r, lane: lane, producers: map[string]pulsar.Producer{}}
+	// The lane's purge runs beside its rounds, not between them: deleting a minute's published rows
+	// (or waiting on a lock one of them is under) must not hold up the rows waiting to be sent.
+	purged := make(chan struct{})
+	go func() { defer close(purged); l.purgeLoop(ctx) }()
+	defer func() { <-purged }() // runLane returns once ctx is done, which stops the purge too
 	defer l.closeProducers()
 	defer func() {
 		if err := l.flushMark(ctx); err != nil && !errors.Is(err, errLeaseLost) {
@@ -361,7 +366,7 @@ func (r *Relay) runLane(ctx context.Context, lane int16, wake <-chan struct{}) {
 	defer poll.Stop()
 	failures := 0
 	for ctx.Err() == nil {
-		err := l.drain(ctx)
+		err := l.drain(ctx, wake)
 		switch {
 		case ctx.Err() != nil:
 			return
@@ -377,6 +382,9 @@ func (r *Relay) runLane(ctx context.Context, lane int16, wake <-chan struct{}) {
 		default:
 			failures = 0
 		}
+		// The poll counts from the lane's last round: a tick that fell during the drain would only make
+		// an empty round (Reset drops it, Go 1.23 timers).
+		poll.Reset(r.poll)
 		select {
 		case <-ctx.Done():
 		case <-wake:
@@ -426,8 +434,6 @@ type laneState struct {
 	// mark: the last round, sent and acknowledged in full, still to be marked published (by the next
 	// round's statement, or flushMark).
 	mark roundID
-	// purged: when the lane's published rows were last purged.
-	purged time.Time
 }
 
 // roundID names a lane's round: its batch and its last row's seq (0: none).
@@ -450,9 +456,18 @@ const (
 // statement returns it again, the same rows under the same sequence ids in the same batches, and the
 // broker drops the batches it already stored. After a round that was not full the lane lingers
 // ([WithRelayLinger]) so that the next one gathers what was committed meanwhile.
-func (l *laneState) drain(ctx context.Context) error {
+//
+// A wake-up that arrives before a round's statement is spent by it: the notification is sent after
+// its transaction committed, so the round sees that row. Only a wake-up during or after the last
+// (empty) round makes the lane take another; without this, the wake-ups of the rows a round already
+// took would each cost an empty round once the lane is idle.
+func (l *laneState) drain(ctx context.Context, wake <-chan struct{}) error {
 	for {
-		l.maybePurge(ctx)
+		select {
+		case <-wake:
+		default:
+		}
+		started := time.Now()
 		rows, id, err := l.round(ctx, l.relay.batch)
 		if err != nil {
 			return err
@@ -465,10 +480,23 @@ func (l *laneState) drain(ctx context.Context) error {
 		}
 		l.mark = id
 		l.relay.rounds.Inc()
-		if len(rows) < l.relay.batch && l.relay.linger > 0 {
-			sleepCtx(ctx, l.relay.linger)
+		if d := lingerAfter(l.relay.linger, time.Since(started), len(rows), l.relay.batch); d > 0 {
+			sleepCtx(ctx, d)
 		}
 	}
+}
+
+// lingerAfter is how long a lane waits before its next round, after a round of n rows (batch at most)
+// that took took from the start of its statement to the broker's last receipt. A full round is followed
+// at once (a backlog). Otherwise the linger counts from the round's start, not its end: a round that
+// took long (a busy database or broker) has gathered the rows committed meanwhile, and the whole linger
+// on top of it would only add to their latency when the machine is loaded; a lane still takes at most
+// one round per linger while rows trickle in.
+func lingerAfter(linger, took time.Duration, n, batch int) time.Duration {
+	if n >= batch || took >= linger {
+		return 0
+	}
+	return linger - took
 }
 
 // round runs the lane's round statement: it marks l.mark published and returns the lane's round (the
@@ -517,14 +545,27 @@ func (l *laneState) flushMark(ctx context.Context) error {
 // purgeBatch bounds the rows one purge statement deletes.
 const purgeBatch = 1000
 
-// maybePurge deletes the lane's rows published longer than the retention ago, in statements of at most
-// purgeBatch rows, at most once per purge interval. A failure is logged and left to the next interval.
-func (l *laneState) maybePurge(ctx context.Context) {
-	r := l.relay
-	if time.Since(l.purged) < r.purgeEvery {
-		return
+// purgeLoop purges the lane's published rows when the lane starts and then once per purge interval,
+// until ctx is done.
+func (l *laneState) purgeLoop(ctx context.Context) {
+	t := time.NewTicker(l.relay.purgeEvery)
+	defer t.Stop()
+	for {
+		l.purge(ctx)
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
 	}
-	l.purged = time.Now()
+}
+
+// purge deletes the lane's rows published longer than the retention ago, in statements of at most
+// purgeBatch rows. A failure is logged and left to the next interval. It writes nothing the lane's
+// rounds read or write (published rows, and marks older than the last one it keeps), so it runs
+// beside them.
+func (l *laneState) purge(ctx context.Context) {
+	r := l.relay
 	for ctx.Err() == nil {
 		n, err := r.q.PurgeOutbox(ctx, sqlc.PurgeOutboxParams{
 			Lane: l.lane, Before: time.Now().Add(-r.retention), MaxRows: purgeBatch,

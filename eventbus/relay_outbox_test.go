@@ -258,3 +258,66 @@ func TestRelayFinishesBatchOfPreviousVersion(t *testing.T) {
 	c.check(t, want, 30*time.Second)
 	waitDrained(t, db.Pool, 10*time.Second)
 }
+
+// TestRelayPurgeDoesNotHoldUpPublishing: a lane's purge that cannot finish (here a transaction holds a
+// lock on the old rows it deletes; in production, a large purge) does not stop the lane's new rows from
+// being published, and it completes once the lock is gone.
+func TestRelayPurgeDoesNotHoldUpPublishing(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	db, client, topic, c := relayWorld(t)
+	keys := []string{"purge-blocked-key"}
+	stop := startRelay(t, db.Pool, client)
+	want := insertEvents(t, db.Pool, topic, keys, 20, nil)
+	c.check(t, want, 30*time.Second)
+	waitDrained(t, db.Pool, 10*time.Second)
+	stop()
+
+	// The 20 rows were published two hours ago, as far as the purge can tell; a transaction locks them.
+	if _, err := db.Pool.Exec(ctx, "UPDATE outbox_lane_marks SET marked_at = now() - interval '2 hours'"); err != nil {
+		t.Fatal(err)
+	}
+	lock, err := db.Pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lock.Rollback(ctx)
+	var locked int
+	if err := lock.QueryRow(ctx, "SELECT count(*) FROM (SELECT id FROM outbox WHERE partition_key = $1 FOR UPDATE) l", keys[0]).Scan(&locked); err != nil || locked != 20 {
+		t.Fatalf("locked %d rows (%v), want 20", locked, err)
+	}
+
+	startRelay(t, db.Pool, client, eventbus.WithRelayRetention(time.Hour), eventbus.WithRelayPurgeInterval(100*time.Millisecond))
+	// The lane's purge, which runs when the lane starts, waits on the lock.
+	waitFor(t, 30*time.Second, "the purge to wait on the lock", func() bool {
+		var waiting int
+		if err := db.Pool.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity
+			WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE '%PurgeOutbox%'`).Scan(&waiting); err != nil {
+			t.Fatal(err)
+		}
+		return waiting > 0
+	})
+	want = insertEvents(t, db.Pool, topic, keys, 20, want)
+	c.check(t, want, 30*time.Second)
+
+	if err := lock.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 30*time.Second, "the old rows to be purged", func() bool {
+		var old int
+		if err := db.Pool.QueryRow(ctx, "SELECT count(*) FROM outbox WHERE partition_key = $1 AND (convert_from(payload, 'UTF8')::jsonb->>'n')::int < 20", keys[0]).Scan(&old); err != nil {
+			t.Fatal(err)
+		}
+		return old == 0
+	})
+}
+
+// waitFor polls cond until it holds, failing the test after timeout.
+func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(timeout); !cond(); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("waited %s for %s", timeout, what)
+		}
+	}
+}
