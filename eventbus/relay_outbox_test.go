@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/lbpay-lab/core-dict/eventbus"
+	"github.com/lbpay-lab/core-dict/sqlc"
 )
 
 // insertEvent writes the outbox row of key's n-th event in tx.
@@ -319,5 +320,60 @@ func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool)
 		if time.Now().After(deadline) {
 			t.Fatalf("waited %s for %s", timeout, what)
 		}
+	}
+}
+
+// TestOutboxBacklogReadsRecentRowsOnly: the backlog gauges' statement (every second) reads the rows since
+// each lane's last batches through outbox_pending, never the whole outbox, which holds every row kept
+// for the retention (a day of events by default); and it counts the unpublished rows.
+func TestOutboxBacklogReadsRecentRowsOnly(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	db, client, topic, c := relayWorld(t)
+	const published = 20000
+	if _, err := db.Pool.Exec(ctx, `INSERT INTO outbox (id, created_at, topic, partition_key, event_type, aggregate_type, aggregate_id, participant, content_type, payload)
+		SELECT gen_random_uuid(), now(), $1, 'k' || (g % 64), 'KeyUpdated', 'Entry', 'k' || (g % 64), '12345678', 'application/json', '{}'
+		FROM generate_series(1, $2::int) g`, topic, published); err != nil {
+		t.Fatal(err)
+	}
+	stop := startRelay(t, db.Pool, client)
+	waitDrained(t, db.Pool, 60*time.Second)
+	stop()
+	waitFor(t, 30*time.Second, "the consumer to have every row", func() bool { return c.count() >= published })
+	if _, err := db.Pool.Exec(ctx, "ANALYZE outbox"); err != nil {
+		t.Fatal(err)
+	}
+	insertEvents(t, db.Pool, topic, testKeys("b", 5), 7, nil) // 7 rows not yet published
+
+	conn, err := db.Pool.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Release()
+	seqScans := func() int64 {
+		t.Helper()
+		// This session's counts first, then a fresh read of the table's.
+		var n int64
+		if _, err := conn.Exec(ctx, "SELECT pg_stat_force_next_flush()"); err != nil {
+			t.Fatal(err)
+		}
+		if err := conn.QueryRow(ctx, "SELECT coalesce(seq_scan, 0) FROM pg_stat_user_tables WHERE relname = 'outbox'").Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	before := seqScans()
+	q := sqlc.New(conn)
+	for range 3 {
+		b, err := q.OutboxBacklog(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if b.Rows != 7 || b.OldestAgeSeconds <= 0 {
+			t.Errorf("backlog %d rows, oldest %.3f s; want 7 and a positive age", b.Rows, b.OldestAgeSeconds)
+		}
+	}
+	if after := seqScans(); after != before {
+		t.Errorf("the backlog statement scanned the whole outbox (%d rows) %d times in 3 runs", published+7, after-before)
 	}
 }

@@ -174,7 +174,11 @@ WHERE id = ANY(@ids::uuid[]);
 
 -- name: OutboxBacklog :one
 -- The unpublished rows, lane by lane: those after the lane's batch (not
--- visible in prev_snap) but not among its acknowledged ones.
+-- visible in prev_snap) but not among its acknowledged ones. OFFSET 0 keeps
+-- the subquery per lane, where the lane's txid bound limits the scan of
+-- outbox_pending to the rows since the batch before the lane's last; as a
+-- join, the planner read the whole outbox (every row kept for the
+-- retention) to hash it, every time the gauges were updated.
 SELECT count(*)::bigint AS rows,
        coalesce(extract(epoch FROM now() - min(u.created_at)), 0)::float8 AS oldest_age_seconds
 FROM outbox_lanes l
@@ -182,7 +186,8 @@ CROSS JOIN LATERAL (
     SELECT o.created_at FROM outbox o
     WHERE o.lane = l.lane AND o.published_at IS NULL AND o.txid >= pg_snapshot_xmin(l.prev_snap)
       AND NOT pg_visible_in_snapshot(o.txid, l.prev_snap)
-      AND NOT (pg_visible_in_snapshot(o.txid, l.cur_snap) AND o.seq <= l.done_seq)) u;
+      AND NOT (pg_visible_in_snapshot(o.txid, l.cur_snap) AND o.seq <= l.done_seq)
+    OFFSET 0) u;
 
 -- name: PurgeOutbox :execrows
 -- Deletes up to @max_rows rows of the lane published before @before: the
