@@ -124,7 +124,10 @@ WHERE key = @key;
 -- directory working through a backlog slower than the age gets a few copies
 -- rather than one per age and key. The publication time
 -- (outbox_publication: when the relay marked the row's round acknowledged)
--- is the database's clock, so the age is measured with it too.
+-- is the database's clock, so the age is measured with it too. Every
+-- instance runs it every third of the age: it reads the pending writes and
+-- their requests through indexes (entries_pending_correlation,
+-- outbox_directory_requests), never a whole table.
 WITH pending AS (
     SELECT e.key, o.seq, o.created_at, o.topic, o.partition_key, o.aggregate_id, o.participant, o.payload, o.traceparent
     FROM entries e JOIN outbox o ON o.id = e.pending_correlation

@@ -15,6 +15,7 @@ import (
 	"connectrpc.com/connect"
 	"github.com/apache/pulsar-client-go/pulsar"
 	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -797,26 +798,6 @@ func TestResendWaitsForPublicationAndBacksOff(t *testing.T) {
 		}
 		return out
 	}
-	// published fakes the relay (schema/00012_outbox_insert_only.sql): row id was published ago. If
-	// it is published already, the mark that covers it is moved to that time; else its lane's rows
-	// committed so far are marked published as a batch of their own at that time.
-	published := func(id string, ago time.Duration) {
-		t.Helper()
-		exec(`WITH r AS (SELECT o.id, o.lane, o.txid, o.seq, p.published FROM outbox o JOIN outbox_publication p ON p.id = o.id WHERE o.id = $1),
-			m AS (SELECT m.lane, m.batch_no, m.through_seq FROM outbox_lane_marks m, r
-				WHERE r.published AND m.lane = r.lane AND m.cur_xmax > r.txid AND pg_visible_in_snapshot(r.txid, m.cur_snap)
-				  AND (m.through_seq >= r.seq OR pg_visible_in_snapshot(r.txid, m.prev_snap))
-				ORDER BY m.cur_xmax, m.batch_no, m.through_seq LIMIT 1),
-			moved AS (UPDATE outbox_lane_marks x SET marked_at = now() - $2 * interval '1 second' FROM m
-				WHERE (x.lane, x.batch_no, x.through_seq) = (m.lane, m.batch_no, m.through_seq)),
-			l AS (SELECT l.lane, l.batch_no, l.cur_snap FROM outbox_lanes l, r WHERE l.lane = r.lane AND NOT r.published),
-			lane AS (UPDATE outbox_lanes x SET batch_no = l.batch_no + 1, prev_snap = l.cur_snap, cur_snap = pg_current_snapshot(),
-				done_seq = 9223372036854775807, round_seq = 0, round_rows = 0 FROM l WHERE x.lane = l.lane)
-			INSERT INTO outbox_lane_marks (lane, batch_no, through_seq, cur_xmax, prev_snap, cur_snap, marked_at)
-			SELECT l.lane, l.batch_no + 1, 9223372036854775807, pg_snapshot_xmax(pg_current_snapshot()), l.cur_snap, pg_current_snapshot(),
-				now() - $2 * interval '1 second' FROM l`, id, ago.Seconds())
-	}
-
 	in := dict.EntryFromProto(&dictv1.Entry{Account: account(partA), Owner: naturalOwner(newCPF())})
 	reqID := uuid.NewString()
 	e, err := svc.CreateKey(ctx, dict.Caller{Participant: partA, Subject: "test"}, dict.CreateKeyInput{
@@ -832,10 +813,10 @@ func TestResendWaitsForPublicationAndBacksOff(t *testing.T) {
 	exec("UPDATE outbox SET created_at = now() - interval '10 minutes' WHERE id = $1", first[0].id)
 	resend(0)
 	// Published just now, as the outbox drains: the directory has not had the time to answer.
-	published(first[0].id, 0)
+	markPublished(t, db, first[0].id, 0)
 	resend(0)
 	// Published longer ago than the age: one copy, the same request.
-	published(first[0].id, 2*age)
+	markPublished(t, db, first[0].id, 2*age)
 	resend(1)
 	got := requests(e.Key)
 	if len(got) != 2 || got[1].published || !bytes.Equal(got[1].payload, first[0].payload) {
@@ -844,9 +825,9 @@ func TestResendWaitsForPublicationAndBacksOff(t *testing.T) {
 	// The copy still in the outbox: another would only queue behind it.
 	resend(0)
 	// The copy published one and a half ages ago: the second copy waits two.
-	published(got[1].id, 3*age/2)
+	markPublished(t, db, got[1].id, 3*age/2)
 	resend(0)
-	published(got[1].id, 5*age/2)
+	markPublished(t, db, got[1].id, 5*age/2)
 	resend(1)
 	if got := requests(e.Key); len(got) != 3 {
 		t.Fatalf("%d DirectoryRequests after the second re-send, want 3", len(got))
@@ -864,9 +845,75 @@ func TestResendWaitsForPublicationAndBacksOff(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, r := range requests(e.Key) {
-		published(r.id, time.Hour)
+		markPublished(t, db, r.id, time.Hour)
 	}
 	resend(0)
+}
+
+// TestResendReadsOnlyPendingWritesRequests: the re-send, which every instance runs every third of the
+// re-send age, reaches a pending write's requests through outbox_directory_requests, never by reading
+// the whole outbox, and to the pending writes through entries_pending_correlation, never by reading
+// every entry: the outbox holds every row kept for the retention and entries every key (here 20,000 of
+// each stand for them).
+func TestResendReadsOnlyPendingWritesRequests(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	db := outboxDB(t, "rpcresendscan")
+	// One connection, so that this test reads the statistics of the session the re-send ran in.
+	cfg := db.App.Config().Copy()
+	cfg.MaxConns = 1
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	svc := dict.NewService(dict.ServiceConfig{Pool: pool, Participants: []string{partA},
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if _, err := db.Pool.Exec(ctx, `INSERT INTO outbox (id, created_at, topic, partition_key, event_type, aggregate_type, aggregate_id, participant, content_type, payload)
+		SELECT gen_random_uuid(), now() - interval '1 hour', 'persistent://public/default/t', 'other-' || g,
+			CASE WHEN g % 2 = 0 THEN 'DirectoryRequest' ELSE 'KeyCreated' END, 'Entry', 'other-' || g, $1, 'application/octet-stream', '\x00'
+		FROM generate_series(1, 20000) g`, partA); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Pool.Exec(ctx, `INSERT INTO entries (key, key_type, participant, account_number, account_type, account_opened_at,
+			owner_type, owner_tax_id, owner_name, status, created_at, key_owned_since, updated_at, request_id, cid, cid_w0, cid_w1, cid_w2, cid_w3)
+		SELECT 'held' || g || '@example.com', 'EMAIL', $1, '1', 'CACC', now(), 'NATURAL_PERSON', '12345678901', 'Held', 'ACTIVE',
+			now(), now(), now(), gen_random_uuid(), repeat('0', 64), 0, 0, 0, 0
+		FROM generate_series(1, 20000) g`, partA); err != nil {
+		t.Fatal(err)
+	}
+	in := dict.EntryFromProto(&dictv1.Entry{Account: account(partA), Owner: naturalOwner(newCPF())})
+	e, err := svc.CreateKey(ctx, dict.Caller{Participant: partA, Subject: "test"}, dict.CreateKeyInput{
+		RequestID: uuid.NewString(), KeyType: dict.KeyTypeEmail, Key: newEmail(), Account: in.Account, Owner: in.Owner})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var req string
+	if err := db.Pool.QueryRow(ctx, "SELECT pending_correlation::text FROM entries WHERE key = $1", e.Key).Scan(&req); err != nil {
+		t.Fatal(err)
+	}
+	markPublished(t, db, req, time.Hour)
+	if _, err := db.Pool.Exec(ctx, "ANALYZE outbox; ANALYZE entries"); err != nil {
+		t.Fatal(err)
+	}
+	seqScans := func() (outbox, entries int64) {
+		t.Helper()
+		if _, err := pool.Exec(ctx, "SELECT pg_stat_force_next_flush()"); err != nil {
+			t.Fatal(err)
+		}
+		if err := pool.QueryRow(ctx, `SELECT coalesce(sum(seq_scan) FILTER (WHERE relname = 'outbox'), 0), coalesce(sum(seq_scan) FILTER (WHERE relname = 'entries'), 0)
+			FROM pg_stat_user_tables`).Scan(&outbox, &entries); err != nil {
+			t.Fatal(err)
+		}
+		return outbox, entries
+	}
+	outbox0, entries0 := seqScans()
+	if n, err := svc.ResendPending(ctx, time.Minute, 100); err != nil || n != 1 {
+		t.Fatalf("ResendPending = %d, %v; want the pending write's request re-sent once", n, err)
+	}
+	if outbox, entries := seqScans(); outbox != outbox0 || entries != entries0 {
+		t.Errorf("the re-send read the whole outbox %d times and every entry %d times", outbox-outbox0, entries-entries0)
+	}
 }
 
 // TestLookupAfterKeyBecomesOwn: the entry cache remembers that a key has
@@ -921,5 +968,27 @@ func TestLookupAfterKeyBecomesOwn(t *testing.T) {
 	wantErr(t, err, connect.CodeNotFound, dict.ReasonEntryNotFound)
 	if n := dir.count("get " + key); n != 4 {
 		t.Fatalf("lookup after the delete: directory asked %d times in all, want 4", n)
+	}
+}
+
+// markPublished fakes the relay (schema/00012_outbox_insert_only.sql): outbox row id was published ago.
+// If it is published already, the mark that covers it is moved to that time; else its lane's rows
+// committed so far are marked published as a batch of their own at that time.
+func markPublished(t *testing.T, db *testdb.DB, id string, ago time.Duration) {
+	t.Helper()
+	if _, err := db.Pool.Exec(context.Background(), `WITH r AS (SELECT o.id, o.lane, o.txid, o.seq, p.published FROM outbox o JOIN outbox_publication p ON p.id = o.id WHERE o.id = $1),
+		m AS (SELECT m.lane, m.batch_no, m.through_seq FROM outbox_lane_marks m, r
+			WHERE r.published AND m.lane = r.lane AND m.cur_xmax > r.txid AND pg_visible_in_snapshot(r.txid, m.cur_snap)
+			  AND (m.through_seq >= r.seq OR pg_visible_in_snapshot(r.txid, m.prev_snap))
+			ORDER BY m.cur_xmax, m.batch_no, m.through_seq LIMIT 1),
+		moved AS (UPDATE outbox_lane_marks x SET marked_at = now() - $2 * interval '1 second' FROM m
+			WHERE (x.lane, x.batch_no, x.through_seq) = (m.lane, m.batch_no, m.through_seq)),
+		l AS (SELECT l.lane, l.batch_no, l.cur_snap FROM outbox_lanes l, r WHERE l.lane = r.lane AND NOT r.published),
+		lane AS (UPDATE outbox_lanes x SET batch_no = l.batch_no + 1, prev_snap = l.cur_snap, cur_snap = pg_current_snapshot(),
+			done_seq = 9223372036854775807, round_seq = 0, round_rows = 0 FROM l WHERE x.lane = l.lane)
+		INSERT INTO outbox_lane_marks (lane, batch_no, through_seq, cur_xmax, prev_snap, cur_snap, marked_at)
+		SELECT l.lane, l.batch_no + 1, 9223372036854775807, pg_snapshot_xmax(pg_current_snapshot()), l.cur_snap, pg_current_snapshot(),
+			now() - $2 * interval '1 second' FROM l`, id, ago.Seconds()); err != nil {
+		t.Fatalf("mark %s published: %v", id, err)
 	}
 }

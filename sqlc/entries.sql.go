@@ -701,7 +701,10 @@ type StalePendingRequestsRow struct {
 // directory working through a backlog slower than the age gets a few copies
 // rather than one per age and key. The publication time
 // (outbox_publication: when the relay marked the row's round acknowledged)
-// is the database's clock, so the age is measured with it too.
+// is the database's clock, so the age is measured with it too. Every
+// instance runs it every third of the age: it reads the pending writes and
+// their requests through indexes (entries_pending_correlation,
+// outbox_directory_requests), never a whole table.
 func (q *Queries) StalePendingRequests(ctx context.Context, arg StalePendingRequestsParams) ([]StalePendingRequestsRow, error) {
 	rows, err := q.db.Query(ctx, stalePendingRequests, arg.AgeSeconds, arg.MaxRows)
 	if err != nil {
