@@ -63,6 +63,9 @@ type Relay struct {
 	purgeEvery time.Duration
 	// linger: how long after the start of a round that was not full a lane takes the next one.
 	linger time.Duration
+	// purging is held by the lane whose purge runs: one at a time per relay, so that the lanes' purges,
+	// which start together, never take more than one of the pool's connections from the rounds.
+	purging chan struct{}
 
 	backlog     prometheus.Gauge
 	oldestAge   prometheus.Gauge
@@ -170,6 +173,7 @@ func NewRelay(pool *pgxpool.Pool, client pulsar.Client, opts ...RelayOption) *Re
 		retention:  DefaultOutboxRetention,
 		purgeEvery: time.Minute,
 		linger:     DefaultOutboxLinger,
+		purging:    make(chan struct{}, 1),
 		backoff:    [2]time.Duration{100 * time.Millisecond, 10 * time.Second},
 		logger:     slog.Default(),
 		backlog: prometheus.NewGauge(prometheus.GaugeOpts{
@@ -561,11 +565,17 @@ func (l *laneState) purgeLoop(ctx context.Context) {
 }
 
 // purge deletes the lane's rows published longer than the retention ago, in statements of at most
-// purgeBatch rows. A failure is logged and left to the next interval. It writes nothing the lane's
-// rounds read or write (published rows, and marks older than the last one it keeps), so it runs
-// beside them.
+// purgeBatch rows, once no other lane of the relay is purging. A failure is logged and left to the next
+// interval. It writes nothing the lane's rounds read or write (published rows, and marks older than the
+// last one it keeps), so it runs beside them.
 func (l *laneState) purge(ctx context.Context) {
 	r := l.relay
+	select {
+	case r.purging <- struct{}{}:
+		defer func() { <-r.purging }()
+	case <-ctx.Done():
+		return
+	}
 	for ctx.Err() == nil {
 		n, err := r.q.PurgeOutbox(ctx, sqlc.PurgeOutboxParams{
 			Lane: l.lane, Before: time.Now().Add(-r.retention), MaxRows: purgeBatch,

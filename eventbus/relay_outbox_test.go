@@ -3,6 +3,7 @@ package eventbus_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"testing"
 	"time"
 
@@ -262,19 +263,34 @@ func TestRelayFinishesBatchOfPreviousVersion(t *testing.T) {
 
 // TestRelayPurgeDoesNotHoldUpPublishing: a lane's purge that cannot finish (here a transaction holds a
 // lock on the old rows it deletes; in production, a large purge) does not stop the lane's new rows from
-// being published, and it completes once the lock is gone.
+// being published, and it completes once the lock is gone. The lanes purge one at a time: with the old
+// rows of two lanes locked, one purge waits on the lock and the other for its turn, so the purges hold
+// one of the pool's connections, not one per lane.
 func TestRelayPurgeDoesNotHoldUpPublishing(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	db, client, topic, c := relayWorld(t)
-	keys := []string{"purge-blocked-key"}
+	// Two keys in different lanes.
+	lane := func(key string) int {
+		var l int
+		if err := db.Pool.QueryRow(ctx, "SELECT abs(hashtext($1)::bigint) % 16", key).Scan(&l); err != nil {
+			t.Fatal(err)
+		}
+		return l
+	}
+	keys := []string{"purge-blocked-a"}
+	for i := 0; len(keys) < 2; i++ {
+		if k := fmt.Sprintf("purge-blocked-b%d", i); lane(k) != lane(keys[0]) {
+			keys = append(keys, k)
+		}
+	}
 	stop := startRelay(t, db.Pool, client)
-	want := insertEvents(t, db.Pool, topic, keys, 20, nil)
+	want := insertEvents(t, db.Pool, topic, keys, 40, nil)
 	c.check(t, want, 30*time.Second)
 	waitDrained(t, db.Pool, 10*time.Second)
 	stop()
 
-	// The 20 rows were published two hours ago, as far as the purge can tell; a transaction locks them.
+	// The 40 rows were published two hours ago, as far as the purge can tell; a transaction locks them.
 	if _, err := db.Pool.Exec(ctx, "UPDATE outbox_lane_marks SET marked_at = now() - interval '2 hours'"); err != nil {
 		t.Fatal(err)
 	}
@@ -284,29 +300,35 @@ func TestRelayPurgeDoesNotHoldUpPublishing(t *testing.T) {
 	}
 	defer lock.Rollback(ctx)
 	var locked int
-	if err := lock.QueryRow(ctx, "SELECT count(*) FROM (SELECT id FROM outbox WHERE partition_key = $1 FOR UPDATE) l", keys[0]).Scan(&locked); err != nil || locked != 20 {
-		t.Fatalf("locked %d rows (%v), want 20", locked, err)
+	if err := lock.QueryRow(ctx, "SELECT count(*) FROM (SELECT id FROM outbox WHERE partition_key = ANY($1) FOR UPDATE) l", keys).Scan(&locked); err != nil || locked != 40 {
+		t.Fatalf("locked %d rows (%v), want 40", locked, err)
+	}
+	purgesWaiting := func() int {
+		var n int
+		if err := db.Pool.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity
+			WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE '%PurgeOutbox%'`).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
 	}
 
 	startRelay(t, db.Pool, client, eventbus.WithRelayRetention(time.Hour), eventbus.WithRelayPurgeInterval(100*time.Millisecond))
-	// The lane's purge, which runs when the lane starts, waits on the lock.
-	waitFor(t, 30*time.Second, "the purge to wait on the lock", func() bool {
-		var waiting int
-		if err := db.Pool.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity
-			WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE '%PurgeOutbox%'`).Scan(&waiting); err != nil {
-			t.Fatal(err)
-		}
-		return waiting > 0
-	})
-	want = insertEvents(t, db.Pool, topic, keys, 20, want)
+	// The lanes' purges run when the lanes start: the first of the two to come waits on the lock.
+	waitFor(t, 30*time.Second, "a purge to wait on the lock", func() bool { return purgesWaiting() > 0 })
+	want = insertEvents(t, db.Pool, topic, keys, 40, want)
 	c.check(t, want, 30*time.Second)
+	// Both lanes published meanwhile, and their purges had all that time to start: one waits on the
+	// lock, the other behind it.
+	if n := purgesWaiting(); n != 1 {
+		t.Errorf("%d purge statements wait on the lock, want 1 (one lane purging at a time)", n)
+	}
 
 	if err := lock.Rollback(ctx); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, 30*time.Second, "the old rows to be purged", func() bool {
 		var old int
-		if err := db.Pool.QueryRow(ctx, "SELECT count(*) FROM outbox WHERE partition_key = $1 AND (convert_from(payload, 'UTF8')::jsonb->>'n')::int < 20", keys[0]).Scan(&old); err != nil {
+		if err := db.Pool.QueryRow(ctx, "SELECT count(*) FROM outbox WHERE (convert_from(payload, 'UTF8')::jsonb->>'n')::int < 20").Scan(&old); err != nil {
 			t.Fatal(err)
 		}
 		return old == 0
