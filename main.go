@@ -417,7 +417,8 @@ func runServe(args []string) error {
 
 	logger.Info("outbox relay acts for the configured participants", "participants", cfg.Participants)
 	relay := eventbus.NewRelay(relayPool, bus.Pulsar(), eventbus.WithRelayRegistry(reg), eventbus.WithRelayLogger(logger),
-		eventbus.WithRelayRetention(cfg.OutboxRetention), eventbus.WithRelayLinger(cfg.OutboxLinger))
+		eventbus.WithRelayRetention(cfg.OutboxRetention), eventbus.WithRelayLinger(cfg.OutboxLinger),
+		eventbus.WithRelayMetrics(bus.Metrics()))
 	relayCtx, stopRelay := context.WithCancel(context.Background())
 	relayDone := make(chan error, 1)
 	go func() {

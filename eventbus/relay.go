@@ -66,6 +66,8 @@ type Relay struct {
 	// purging is held by the lane whose purge runs: one at a time per relay, so that the lanes' purges,
 	// which start together, never take more than one of the pool's connections from the rounds.
 	purging chan struct{}
+	// bus: the seed's pulsar_* metrics, which the relay's sends count in too ([WithRelayMetrics]); nil: not.
+	bus *Metrics
 
 	backlog     prometheus.Gauge
 	oldestAge   prometheus.Gauge
@@ -118,6 +120,14 @@ func WithRelayRegistry(reg prometheus.Registerer) RelayOption {
 	return relayOptionFunc(func(r *Relay) {
 		reg.MustRegister(r.backlog, r.oldestAge, r.published, r.errs, r.batchSplits, r.purgedRows, r.rounds)
 	})
+}
+
+// WithRelayMetrics makes the relay record its sends in m, as a [Producer] does: pulsar_messages_sent_total
+// (each message the broker acknowledged) and pulsar_publish_latency_seconds (from the send to the broker's
+// answer, failures included), by topic. Most events reach the bus through the relay, so without it those
+// series would leave them out.
+func WithRelayMetrics(m *Metrics) RelayOption {
+	return relayOptionFunc(func(r *Relay) { r.bus = m })
 }
 
 // DefaultOutboxLinger is how long, by default, after the start of a round that was not full a lane takes
@@ -680,6 +690,7 @@ func (l *laneState) sendBatches(ctx context.Context, p pulsar.Producer, rows []o
 		}
 		return n, err
 	}
+	record := l.sendRecorder(rows[idx[0]].Topic)
 	for start := 0; start < len(idx); {
 		end := start + 1
 		for end < len(idx) && rows[idx[end]].LaneBatch == rows[idx[start]].LaneBatch {
@@ -691,10 +702,12 @@ func (l *laneState) sendBatches(ctx context.Context, p pulsar.Producer, rows []o
 		for k := first; k < end; k++ {
 			i := idx[k]
 			msg, span := l.message(ctx, rows[i])
+			sent := time.Now()
 			if k == end-1 && !pipelined {
 				sctx, cancel := context.WithTimeout(ctx, r.sendWait)
 				id, err := p.Send(sctx, msg)
 				cancel()
+				record(sent, err)
 				endPublishSpan(span, id, err)
 				mu.Lock()
 				results[k] = result{done: true, err: err}
@@ -711,6 +724,7 @@ func (l *laneState) sendBatches(ctx context.Context, p pulsar.Producer, rows []o
 			}
 			wg.Add(1)
 			p.SendAsync(ctx, msg, func(id pulsar.MessageID, _ *pulsar.ProducerMessage, err error) {
+				record(sent, err)
 				endPublishSpan(span, id, err)
 				mu.Lock()
 				results[k] = result{done: true, err: err}
@@ -752,6 +766,22 @@ func (l *laneState) message(ctx context.Context, row outboxRow) (*pulsar.Produce
 		Payload: row.Payload, Key: row.PartitionKey, Properties: props,
 		SequenceID: &seq, EventTime: row.CreatedAt,
 	}, span
+}
+
+// sendRecorder returns the function that records one send to topic in the relay's pulsar_* metrics
+// (a no-op without [WithRelayMetrics]): its latency, and its acknowledgement.
+func (l *laneState) sendRecorder(topic string) func(sent time.Time, err error) {
+	m := l.relay.bus
+	if m == nil {
+		return func(time.Time, error) {}
+	}
+	latency, acked := m.publishLatency.WithLabelValues(baseTopic(topic)), m.Sent(topic)
+	return func(sent time.Time, err error) {
+		latency.Observe(time.Since(sent).Seconds())
+		if err == nil {
+			acked.Inc()
+		}
+	}
 }
 
 // checkBatch reports a message that the client did not put in the batch it was cut for: the broker's

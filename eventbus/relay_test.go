@@ -247,13 +247,24 @@ func TestRelayPublishesEachEventOnceInKeyOrder(t *testing.T) {
 	// Half before the relay starts, half while it runs (woken by notifications).
 	want := insertEvents(t, db.Pool, topic, keys, 1000, nil)
 	reg := prometheus.NewRegistry()
-	startRelay(t, db.Pool, client, eventbus.WithRelayRegistry(reg), eventbus.WithRelayBatchSize(200))
+	bus, err := eventbus.NewMetrics(reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	startRelay(t, db.Pool, client, eventbus.WithRelayRegistry(reg), eventbus.WithRelayBatchSize(200), eventbus.WithRelayMetrics(bus))
 	want = insertEvents(t, db.Pool, topic, keys, 1000, want)
 
 	c.check(t, want, 60*time.Second)
 	waitDrained(t, db.Pool, 10*time.Second)
 	if published := metricValue(t, reg, "outbox_published_total"); published != 2000 {
 		t.Errorf("outbox_published_total = %v, want 2000", published)
+	}
+	// The seed's pulsar_* series count the relay's sends, under the topic.
+	if sent := metricValue(t, reg, "pulsar_messages_sent_total"); sent != 2000 {
+		t.Errorf("pulsar_messages_sent_total = %v, want 2000", sent)
+	}
+	if n := histogramCount(t, reg, "pulsar_publish_latency_seconds", topic); n != 2000 {
+		t.Errorf("pulsar_publish_latency_seconds{topic=%q} has %d samples, want 2000", topic, n)
 	}
 	// Every message in the Pulsar batch the relay cut for it, at its place.
 	if splits := metricValue(t, reg, "outbox_batch_splits_total"); splits != 0 {
@@ -446,6 +457,28 @@ func TestRelayPulsarOutage(t *testing.T) {
 }
 
 // metricValue reads a gauge or counter of reg.
+// histogramCount is the sample count of histogram name's series with label topic.
+func histogramCount(t testing.TB, reg *prometheus.Registry, name, topic string) uint64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "topic" && l.GetValue() == topic {
+					return m.GetHistogram().GetSampleCount()
+				}
+			}
+		}
+	}
+	return 0
+}
+
 func metricValue(t testing.TB, reg *prometheus.Registry, name string) float64 {
 	t.Helper()
 	mfs, err := reg.Gather()
