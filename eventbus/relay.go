@@ -500,8 +500,8 @@ func (l *laneState) drain(ctx context.Context, wake <-chan struct{}) error {
 	}
 }
 
-// lingerAfter is how long a lane waits before its next round, after a round of n rows (batch at most)
-// that took took from the start of its statement to the broker's last receipt. A full round is followed
+// lingerAfter is how long a lane waits before its next round, after a round of n rows (of at most batch)
+// that lasted took, from the start of its statement to the broker's last receipt. A full round is followed
 // at once (a backlog). Otherwise the linger counts from the round's start, not its end: a round that
 // took long (a busy database or broker) has gathered the rows committed meanwhile, and the whole linger
 // on top of it would only add to their latency when the machine is loaded; a lane still takes at most
