@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"os"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -77,12 +78,12 @@ func BenchmarkOutbox(b *testing.B) {
 		recv.wait(b, 1000+b.N, 2*time.Minute)
 		done := time.Now()
 		b.StopTimer()
-		cpu.report(b)
+		cpu.report(b, b.N)
 		// Latency: paced single-row commits.
 		paced := startCPU(b, db.Pool)
 		b.ReportMetric(benchInsert(b, db.Pool, topic, pacedEvents, pacedRate, 1), "paced_events/s")
 		recv.wait(b, 1000+b.N+pacedEvents, time.Minute)
-		paced.reportAs(b, "paced_")
+		paced.reportAs(b, "paced_", pacedEvents)
 		relayRate, relayDrain = report(b, done.Sub(start), done.Sub(committed), recv)
 	})
 	b.Run("direct", func(b *testing.B) {
@@ -106,11 +107,11 @@ func BenchmarkOutbox(b *testing.B) {
 		recv.wait(b, 1000+b.N, 2*time.Minute)
 		elapsed := time.Since(start)
 		b.StopTimer()
-		cpu.report(b)
+		cpu.report(b, b.N)
 		paced := startCPU(b, nil)
 		b.ReportMetric(benchSend(b, p, pacedEvents, pacedRate), "paced_events/s")
 		recv.wait(b, 1000+b.N+pacedEvents, time.Minute)
-		paced.reportAs(b, "paced_")
+		paced.reportAs(b, "paced_", pacedEvents)
 		directRate, _ = report(b, elapsed, elapsed, recv)
 	})
 }
@@ -121,23 +122,27 @@ const pacedEvents, pacedRate = 6000, 2000
 // cpuMeter measures the CPU time the throughput phase costs, which a loaded machine disturbs far less
 // than its wall time: this process's (relay or producer, and the consumer) as go_cpu_ms, and the
 // PostgreSQL backends of the test database's pool (inserts and relay) as db_cpu_ms. The broker's is
-// not measured (it serves other tests too).
+// not measured (it serves other tests too). allocs/event, this process's heap allocations per event,
+// does not depend on the machine's load at all.
 type cpuMeter struct {
-	pool *pgxpool.Pool
-	goAt time.Duration
-	dbAt map[int]time.Duration
+	pool     *pgxpool.Pool
+	goAt     time.Duration
+	dbAt     map[int]time.Duration
+	mallocAt uint64
 }
 
 func startCPU(b *testing.B, pool *pgxpool.Pool) *cpuMeter {
-	m := &cpuMeter{pool: pool, goAt: processCPU()}
+	m := &cpuMeter{pool: pool, goAt: processCPU(), mallocAt: mallocs()}
 	m.dbAt = m.backendsCPU(b)
 	return m
 }
 
-func (m *cpuMeter) report(b *testing.B) { m.reportAs(b, "") }
+func (m *cpuMeter) report(b *testing.B, events int) { m.reportAs(b, "", events) }
 
-// reportAs reports the CPU time since startCPU, its metrics' names prefixed with prefix.
-func (m *cpuMeter) reportAs(b *testing.B, prefix string) {
+// reportAs reports the CPU time and allocations of the events since startCPU, its metrics' names
+// prefixed with prefix.
+func (m *cpuMeter) reportAs(b *testing.B, prefix string, events int) {
+	b.ReportMetric(float64(mallocs()-m.mallocAt)/float64(events), prefix+"allocs/event")
 	b.ReportMetric(float64((processCPU() - m.goAt).Milliseconds()), prefix+"go_cpu_ms")
 	if m.pool == nil {
 		return
@@ -147,6 +152,12 @@ func (m *cpuMeter) reportAs(b *testing.B, prefix string) {
 		db += t - m.dbAt[pid]
 	}
 	b.ReportMetric(float64(db.Milliseconds()), prefix+"db_cpu_ms")
+}
+
+func mallocs() uint64 {
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	return ms.Mallocs
 }
 
 func processCPU() time.Duration {
@@ -416,7 +427,7 @@ func BenchmarkOutboxCatchUp(b *testing.B) {
 				stop := startRelay(b, db.Pool, client)
 				recv.wait(b, rows, 5*time.Minute)
 				elapsed := time.Since(start)
-				cpu.report(b)
+				cpu.report(b, rows)
 				stop()
 				b.ReportMetric(float64(rows)/elapsed.Seconds(), "events/s")
 				b.ReportMetric(0, "ns/op")
