@@ -753,15 +753,16 @@ func keepProducer(ctx context.Context, err error) bool {
 // (a child of the request that wrote the row), which the caller ends when the broker answers.
 func (l *laneState) message(ctx context.Context, row outboxRow) (*pulsar.ProducerMessage, trace.Span) {
 	seq := row.LaneSeq
+	id := row.ID.String()
 	props := map[string]string{
-		"event_id":       row.ID.String(),
+		"event_id":       id,
 		"event_type":     row.EventType,
 		"aggregate_type": row.AggregateType,
 		"aggregate_id":   row.AggregateID,
 		"participant":    row.Participant,
 		"content_type":   row.ContentType,
 	}
-	span := l.relay.tracePublish(ctx, row.Traceparent.String, row.Topic, row.ID.String(), props)
+	span := l.relay.tracePublish(ctx, row.Traceparent.String, row.Topic, id, props)
 	return &pulsar.ProducerMessage{
 		Payload: row.Payload, Key: row.PartitionKey, Properties: props,
 		SequenceID: &seq, EventTime: row.CreatedAt,

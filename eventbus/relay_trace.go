@@ -2,6 +2,7 @@ package eventbus
 
 import (
 	"context"
+	"sync"
 
 	"github.com/apache/pulsar-client-go/pulsar"
 	"go.opentelemetry.io/otel"
@@ -50,6 +51,35 @@ func (r *Relay) tracePublish(ctx context.Context, traceparent, topic, eventID st
 	return span
 }
 
+// The options and names of the relay's publish spans, made once: the relay starts a span per row.
+var (
+	relaySpanOpts     = []trace.SpanStartOption{trace.WithSpanKind(trace.SpanKindProducer)}
+	relayRootSpanOpts = []trace.SpanStartOption{trace.WithSpanKind(trace.SpanKindProducer), trace.WithNewRoot()}
+	relaySpanNames    sync.Map // topic → "outbox publish <topic>"
+)
+
+func relaySpanName(topic string) string {
+	if name, ok := relaySpanNames.Load(topic); ok {
+		return name.(string)
+	}
+	name := "outbox publish " + topic
+	relaySpanNames.Store(topic, name)
+	return name
+}
+
+// traceparentCarrier is a stored traceparent as the carrier the propagator extracts from (a map of one
+// entry per row would only be garbage).
+type traceparentCarrier string
+
+func (c traceparentCarrier) Get(key string) string {
+	if key == "traceparent" {
+		return string(c)
+	}
+	return ""
+}
+func (traceparentCarrier) Set(string, string) {}
+func (traceparentCarrier) Keys() []string     { return []string{"traceparent"} }
+
 // relayPublishSpan starts the producer span "outbox publish <topic>" for the outbox row eventID, a child
 // of the row's stored traceparent; a row without one (or with one that does not parse) starts a new
 // trace. The returned context carries the span: [InjectTrace] it into the message properties. A tracer
@@ -57,15 +87,17 @@ func (r *Relay) tracePublish(ctx context.Context, traceparent, topic, eventID st
 // then carries the row's traceparent unchanged.
 func relayPublishSpan(ctx context.Context, tracer trace.Tracer, traceparent, topic, eventID string) (context.Context, trace.Span) {
 	// The relay's own context carries no trace of interest: the row's is the parent, or none.
-	ctx = trace.ContextWithSpanContext(ctx, trace.SpanContext{})
-	opts := []trace.SpanStartOption{trace.WithSpanKind(trace.SpanKindProducer)}
+	if trace.SpanContextFromContext(ctx).IsValid() {
+		ctx = trace.ContextWithSpanContext(ctx, trace.SpanContext{})
+	}
 	if traceparent != "" {
-		ctx = ExtractTrace(ctx, relayPropagator, map[string]string{"traceparent": traceparent})
+		ctx = relayPropagator.Extract(ctx, traceparentCarrier(traceparent))
 	}
+	opts := relaySpanOpts
 	if !trace.SpanContextFromContext(ctx).IsValid() {
-		opts = append(opts, trace.WithNewRoot())
+		opts = relayRootSpanOpts
 	}
-	ctx, span := tracer.Start(ctx, "outbox publish "+topic, opts...)
+	ctx, span := tracer.Start(ctx, relaySpanName(topic), opts...)
 	setSendAttributes(span, topic, eventID)
 	return ctx, span
 }
