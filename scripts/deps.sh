@@ -140,6 +140,19 @@ pid_alive() {
 
 read_pid() { if [ -f "$1" ]; then tr -dc '0-9' <"$1"; fi; }
 
+# started_pid PIDFILE PATTERN: records $! (a service just started in the background) in PIDFILE, then
+# waits, 10 s at most, until it has exec'd its command (its command line contains PATTERN) or is gone.
+# Until the exec its command line is this script's, and a start-up check of pid_alive made in that window
+# took the service for dead: deps.sh gave up while the service came up anyway, without its pid file.
+started_pid() {
+	local pid=$! pidfile=$1 pattern=$2 i
+	echo "$pid" >"$pidfile"
+	for ((i = 0; i < 100; i++)); do
+		if pid_alive "$pid" "$pattern" || [ ! -d "/proc/$pid" ]; then return 0; fi
+		sleep 0.1
+	done
+}
+
 # stop_pid NAME PIDFILE PATTERN TIMEOUT
 stop_pid() {
 	local name=$1 pidfile=$2 pattern=$3 timeout=$4 pid i
@@ -527,7 +540,7 @@ pulsar_start() {
 			"${private_args[@]}" \
 			</dev/null >>"$(pulsar_outfile)" 2>&1
 	) &
-	echo $! >"$(pulsar_pidfile)"
+	started_pid "$(pulsar_pidfile)" "$PULSAR_PATTERN"
 }
 
 pulsar_fail() {
@@ -645,7 +658,7 @@ jaeger_start() {
 		exec 9>&-
 		exec setsid nohup "$JAEGER_BIN" --config "$ROOT/deploy/jaeger/config.yaml" </dev/null >>"$(jaeger_logfile)" 2>&1
 	) &
-	echo $! >"$(jaeger_pidfile)"
+	started_pid "$(jaeger_pidfile)" "$JAEGER_BIN"
 }
 
 jaeger_wait() {
@@ -750,7 +763,7 @@ prometheus_start() {
 			--storage.tsdb.path="$PROM_DIR/data" --storage.tsdb.retention.time=2d \
 			</dev/null >>"$(prometheus_logfile)" 2>&1
 	) &
-	echo $! >"$(prometheus_pidfile)"
+	started_pid "$(prometheus_pidfile)" prometheus
 }
 
 prometheus_wait() {
