@@ -36,8 +36,10 @@ import (
 // consumer has them all, the relay's work alone; direct: the same as events/s, nothing precedes it);
 // p50_ms/p99_ms is the commit-to-consumer (direct: send-to-consumer) latency at a paced 2,000 events/s
 // over 3 s, each event its own transaction as in dict; paced_events/s is the rate that phase reached
-// (a run that cannot keep up falls below 2,000), paced_go_cpu_ms and paced_db_cpu_ms are its CPU. After both, a line gives the relay's throughput as a ratio of the direct path's, from
-// the commit (the relay's own work) and end to end (the INSERT of the rows included).
+// (a run that cannot keep up falls below 2,000), paced_go_cpu_ms and paced_db_cpu_ms are its CPU.
+// allocs/event (and paced_allocs/event) are this process's heap allocations per event. After both, a
+// line gives the relay's throughput as a ratio of the direct path's, from the commit (the relay's own
+// work) and end to end (the INSERT of the rows included).
 //
 // The relay runs with its defaults (linger [eventbus.DefaultOutboxLinger]) unless BENCH_RELAY_LINGER
 // (a duration, 0 for none) or BENCH_RELAY_BATCH say otherwise.
