@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -88,6 +89,16 @@ func baseTopic(topic string) string {
 		}
 	}
 	return topic[:i]
+}
+
+// recordSend records one send to topic (already a base topic) that started at start: its latency in
+// pulsar_publish_latency_seconds, failures included, and, once the broker acknowledged it, one more
+// pulsar_messages_sent_total. A [Producer] and the outbox relay both record through it.
+func (m *Metrics) recordSend(topic string, start time.Time, err error) {
+	m.publishLatency.WithLabelValues(topic).Observe(time.Since(start).Seconds())
+	if err == nil {
+		m.sent.WithLabelValues(topic).Inc()
+	}
 }
 
 // Sent returns the pulsar_messages_sent_total counter of topic.

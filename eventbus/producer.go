@@ -105,11 +105,7 @@ func (p *Producer) message(ctx context.Context, m Message) *pulsar.ProducerMessa
 }
 
 func (p *Producer) record(start time.Time, err error) {
-	topic := baseTopic(p.topic)
-	p.client.metrics.publishLatency.WithLabelValues(topic).Observe(time.Since(start).Seconds())
-	if err == nil {
-		p.client.metrics.sent.WithLabelValues(topic).Inc()
-	}
+	p.client.metrics.recordSend(baseTopic(p.topic), start, err)
 }
 
 // Publish sends m and waits for the broker's acknowledgement, the send timeout or the end of ctx. A

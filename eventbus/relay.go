@@ -769,20 +769,15 @@ func (l *laneState) message(ctx context.Context, row outboxRow) (*pulsar.Produce
 	}, span
 }
 
-// sendRecorder returns the function that records one send to topic in the relay's pulsar_* metrics
-// (a no-op without [WithRelayMetrics]): its latency, and its acknowledgement.
+// sendRecorder returns the function that records one send to topic in the relay's pulsar_* metrics, as a
+// [Producer] does (a no-op without [WithRelayMetrics]).
 func (l *laneState) sendRecorder(topic string) func(sent time.Time, err error) {
 	m := l.relay.bus
 	if m == nil {
 		return func(time.Time, error) {}
 	}
-	latency, acked := m.publishLatency.WithLabelValues(baseTopic(topic)), m.Sent(topic)
-	return func(sent time.Time, err error) {
-		latency.Observe(time.Since(sent).Seconds())
-		if err == nil {
-			acked.Inc()
-		}
-	}
+	topic = baseTopic(topic)
+	return func(sent time.Time, err error) { m.recordSend(topic, sent, err) }
 }
 
 // checkBatch reports a message that the client did not put in the batch it was cut for: the broker's
