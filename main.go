@@ -105,8 +105,9 @@ type config struct {
 	ClaimEventsTopic       string
 	ClaimSchedulerInterval time.Duration
 	// OutboxRetention is how long published outbox rows are kept before
-	// the relay deletes them (OUTBOX_RETENTION); OutboxLinger how long a
-	// relay lane waits after a round that was not full (OUTBOX_LINGER).
+	// the relay deletes them (OUTBOX_RETENTION); OutboxLinger how long after
+	// the start of a round that was not full a relay lane takes the next
+	// one (OUTBOX_LINGER).
 	OutboxRetention time.Duration
 	OutboxLinger    time.Duration
 	// SyncCheckInterval is how often each key type's VSync is checked
